@@ -1,0 +1,37 @@
+# Two commands do all set-up: `make lab` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.clipedu-installed
+NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: venv lab test test-unit test-notebooks bench student test-browser lint clean colab-links
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with clipedu and everything the notebooks and tests need
+
+lab: venv  ## open JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: venv  ## unit tests, then every notebook top to bottom (fast mode)
+	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks $(NBVAL)
+
+test-unit: venv
+	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest tests
+
+test-notebooks: venv
+	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest notebooks $(NBVAL)
+
+bench: venv  ## speed and quality tables (never part of the tests)
+	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_data.py
+
+lint: venv
+	$(VENV)/bin/ruff check clipedu tests benchmarks
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,178 @@
+"""Where the course runs: device, fast mode, seeds, Colab, and the folders for data and runs.
+
+Every notebook starts with ``rt = clipedu.runtime.setup()``. It picks the best device, seeds every
+random number generator, decides between fast mode (CPU/CI: small data, few steps) and full mode
+(a GPU: the real experiment), and says where data and checkpoints go.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_flag(name: str) -> bool | None:
+    """Read an on/off environment variable; None when it is not set."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of {sorted(_TRUE | _FALSE - {''})}, got {value!r}")
+
+
+def is_fast() -> bool:
+    """Fast mode shrinks data and training steps so a notebook runs in about a minute on a CPU.
+
+    ``CLIPEDU_FAST=1`` turns it on, ``CLIPEDU_FAST=0`` off; when unset it is on whenever ``CI`` is
+    set (continuous integration) and off otherwise.
+    """
+    flag = _env_flag("CLIPEDU_FAST")
+    if flag is not None:
+        return flag
+    return bool(os.environ.get("CI"))
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` (or the ``CLIPEDU_DEVICE`` environment variable) forces one, e.g. ``"cpu"``.
+    """
+    prefer = prefer or os.environ.get("CLIPEDU_DEVICE")
+    if prefer:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {prefer!r} was asked for, but CUDA is not available here")
+        if device.type == "mps" and not (torch.backends.mps.is_available()):
+            raise ValueError(f"device {prefer!r} was asked for, but MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (every device) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def repo_root() -> Path | None:
+    """The clipedu checkout this package was imported from, or None for an installed copy."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() and (root / "notebooks").is_dir() else None
+
+
+def _base_dir() -> Path:
+    if in_colab():
+        return Path("/content/clipedu")
+    root = repo_root()
+    return root if root is not None else Path.home() / ".cache" / "clipedu"
+
+
+def data_dir() -> Path:
+    """Where datasets and downloads go: ``$CLIPEDU_DATA``, else ``data/`` in the checkout."""
+    path = Path(os.environ.get("CLIPEDU_DATA") or _base_dir() / "data")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights and tokenizer files are kept (inside :func:`data_dir`)."""
+    path = data_dir() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    """Where training runs and checkpoints go: ``$CLIPEDU_RUNS``, else ``runs/`` in the checkout."""
+    path = Path(os.environ.get("CLIPEDU_RUNS") or _base_dir() / "runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Runtime:
+    """What :func:`setup` decided. ``rt.choose(fast=..., full=...)`` picks a size by mode."""
+
+    device: torch.device
+    fast: bool
+    seed: int
+    colab: bool
+    data_dir: Path
+    runs_dir: Path
+
+    def choose(self, *, fast, full):
+        """``fast`` in fast mode, ``full`` otherwise: ``steps = rt.choose(fast=60, full=2000)``."""
+        return fast if self.fast else full
+
+    def describe(self) -> str:
+        gpu = ""
+        if self.device.type == "cuda":
+            gpu = f" ({torch.cuda.get_device_name(self.device)})"
+        mode = "fast (small data, few steps)" if self.fast else "full"
+        return (
+            f"clipedu | device: {self.device}{gpu} | mode: {mode} | seed: {self.seed} | "
+            f"torch {torch.__version__}\n"
+            f"data: {self.data_dir}\nruns: {self.runs_dir}"
+        )
+
+
+def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Runtime:
+    """Pick the device, seed everything, and report the mode and folders.
+
+    Returns a :class:`Runtime`. On Colab without a GPU it says how to switch one on.
+    """
+    seed_everything(seed)
+    rt = Runtime(
+        device=pick_device(device),
+        fast=is_fast(),
+        seed=seed,
+        colab=in_colab(),
+        data_dir=data_dir(),
+        runs_dir=runs_dir(),
+    )
+    if not quiet:
+        print(rt.describe())
+        if rt.colab and rt.device.type == "cpu":
+            print(
+                "No GPU in this Colab runtime. For full mode choose Runtime > Change runtime type > "
+                "T4 GPU, then run this cell again. (Fast mode works on the CPU.)"
+            )
+    return rt
+
+
+def use_google_drive(subfolder: str = "clipedu-runs") -> Path:
+    """Opt-in: keep checkpoints on Google Drive so they survive a Colab restart.
+
+    Mounts Drive (Colab asks for permission) and points :func:`runs_dir` there for this session.
+    """
+    if not in_colab():
+        raise RuntimeError("use_google_drive() only works inside Google Colab")
+    from google.colab import drive  # type: ignore[import-not-found]
+
+    drive.mount("/content/drive")
+    path = Path("/content/drive/MyDrive") / subfolder
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["CLIPEDU_RUNS"] = str(path)
+    return path
