@@ -1,0 +1,106 @@
+"""Attention, written out (notebook 02).
+
+Each token asks a question (its query q), every token offers an answer key k and a value v; a token's
+output is the average of the values, weighted by how well its query matches each key:
+
+    attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+
+Dividing by sqrt(d) keeps the dot products at unit scale whatever the head width d; without it the
+softmax saturates and its gradients vanish. A mask removes some keys from a query's view (the
+future, in a causal text model; padding). Multi-head attention runs several of these in parallel on
+slices of the width, so different heads can look for different things.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def causal_mask(n: int, device=None) -> torch.Tensor:
+    """(n, n) boolean mask, True where query i may look at key j, i.e. j <= i."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, 1, 1, L) boolean mask, True for keys that are real tokens; broadcasts over heads and queries."""
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) v, step by step. Returns (output, weights).
+
+    q: (..., Nq, d), k and v: (..., Nk, d). ``mask`` broadcasts to (..., Nq, Nk): boolean (True =
+    may attend) or float (added to the scores, -inf removes a key), the convention of
+    ``F.scaled_dot_product_attention``. weights: (..., Nq, Nk), each row sums to 1.
+    """
+    d = q.shape[-1]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (..., Nq, Nk)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = scores.softmax(dim=-1)  # (..., Nq, Nk)
+    return weights @ v, weights  # (..., Nq, d)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with ``heads`` heads of width ``width // heads``.
+
+    One linear layer makes queries, keys and values for all heads at once (``qkv``); ``out_proj``
+    mixes the heads' outputs. With ``need_weights=False`` the fused kernel
+    ``F.scaled_dot_product_attention`` does the work; with ``need_weights=True`` the explicit
+    :func:`scaled_dot_product_attention` runs and its weights are returned. Both give the same output.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.width, self.heads, self.head_dim = width, heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, D) -> q, k, v, each (B, H, N, D/H)."""
+        b, n, _ = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim)  # (B, N, 3, H, D/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, N, D). Returns (output (B, N, D), weights (B, H, N, N) or None)."""
+        b, n, d = x.shape
+        if d != self.width:
+            raise ValueError(f"expected tokens of width {self.width}, got {d}")
+        q, k, v = self.split_heads(x)
+        if is_causal and (need_weights or mask is not None):
+            # The explicit path (and the fused kernel, given a mask) needs the causal mask spelled out.
+            causal = causal_mask(n, x.device)
+            mask, is_causal = (causal if mask is None else _combine(mask, causal)), False
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+            weights = None
+        out = out.transpose(1, 2).reshape(b, n, d)  # (B, N, H, D/H) -> (B, N, D)
+        return self.out_proj(out), weights
+
+
+def _combine(mask: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+    """Intersect a user mask with the causal mask (both boolean, or float and boolean)."""
+    if mask.dtype == torch.bool:
+        return mask & causal
+    return mask.masked_fill(~causal, float("-inf"))
