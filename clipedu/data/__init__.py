@@ -1,0 +1,47 @@
+"""Data for the course: captioned images from every source behind one interface.
+
+- :class:`CaptionedImages`: uint8 images (N, C, H, W), captions, labels, class names, templates.
+- Sources: :class:`ShapesWorld` (generated, the default), :func:`cifar10`, :func:`cifar100`,
+  :func:`digits`, :func:`image_caption_folder` (your own pictures), or :func:`get_dataset` by name.
+- Feeding a model: :func:`build_tokenizer`, :class:`DeviceLoader`, :func:`to_float`.
+"""
+
+from clipedu.data.base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CaptionedImages,
+    gallery,
+    mirror_caption,
+    split_indices,
+    to_float,
+)
+from clipedu.data.catalog import DATASET_NAMES, build_tokenizer, get_dataset, tokenizer_corpus
+from clipedu.data.cifar import CIFAR_TEMPLATES, cifar10, cifar100
+from clipedu.data.digits import digits
+from clipedu.data.folder import ImageCaptionFolder, image_caption_folder
+from clipedu.data.loader import Batch, DeviceLoader, crop_and_flip
+from clipedu.data.shapes import ShapesWorld
+
+__all__ = [
+    "CIFAR_TEMPLATES",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DATASET_NAMES",
+    "Batch",
+    "CaptionedImages",
+    "DeviceLoader",
+    "ImageCaptionFolder",
+    "ShapesWorld",
+    "build_tokenizer",
+    "cifar10",
+    "cifar100",
+    "crop_and_flip",
+    "digits",
+    "gallery",
+    "get_dataset",
+    "image_caption_folder",
+    "mirror_caption",
+    "split_indices",
+    "to_float",
+    "tokenizer_corpus",
+]

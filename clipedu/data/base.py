@@ -1,0 +1,256 @@
+"""The one dataset interface: uint8 images with captions, labels and class names.
+
+Every source in :mod:`clipedu.data` (ShapesWorld, CIFAR, digits, your own folder) returns a
+:class:`CaptionedImages`, so the loader, the training loop and the evaluation code never need to
+know where the pictures came from.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Mean and std that OpenAI's released CLIP models were trained with (notebook 12 uses them).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally flipped image: "left" and "right" swap places.
+
+    >>> mirror_caption("a red circle to the left of a blue square, top-right")
+    'a red circle to the right of a blue square, top-left'
+    """
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+
+    return _LEFT_RIGHT.sub(swap, caption)
+
+
+def to_float(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
+    std: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """uint8 images in [0, 255] to normalised float32: ``(x / 255 - mean) / std`` per channel.
+
+    The loader and the evaluation code both call this, so a model always sees the same numbers.
+    Takes (B, C, H, W) or one (C, H, W) image; ``mean`` and ``std`` have one value per channel
+    (or a single value for all).
+    """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"to_float expects a uint8 tensor of images, got {got}")
+    if images.dim() not in (3, 4):
+        raise ValueError(f"expected images (B, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+    channels = images.shape[-3]
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).flatten()
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).flatten()
+    for name, value in (("mean", mean), ("std", std)):
+        if value.numel() not in (1, channels):
+            raise ValueError(f"{name} needs 1 or {channels} values (one per channel), got {value.numel()}")
+    if (std <= 0).any():
+        raise ValueError(f"std must be positive, got {std.tolist()}")
+    # One multiply and one add: x * (1 / (255 std)) - mean / std, shaped (C, 1, 1) to broadcast.
+    scale = (1.0 / (255.0 * std)).view(-1, 1, 1)
+    shift = (mean / std).view(-1, 1, 1)
+    return images.float().mul_(scale).sub_(shift)  # (B, C, H, W) float32
+
+
+def split_indices(n: int, split: str, test_fraction: float = 0.2, seed: int = 0) -> torch.Tensor:
+    """Indices of a deterministic train/test split of ``n`` items (``split="all"`` keeps all)."""
+    if split == "all":
+        return torch.arange(n)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, round(n * test_fraction)) if n > 1 else 0
+    chosen = order[:n_test] if split == "test" else order[n_test:]
+    return chosen.sort().values  # keep the source order inside each split
+
+
+@dataclass(repr=False)
+class CaptionedImages:
+    """Images with one or several captions each, plus labels where the source has them.
+
+    - ``images``: uint8 (N, C, H, W), values 0..255.
+    - ``captions``: N lists of strings; the loader samples one per image each time it is seen.
+    - ``labels``: attribute name -> LongTensor (N,) of class indices (``"class"`` for CIFAR and
+      digits; ``"shape"``, ``"colour"``, ``"size"``, ``"position"`` ... for ShapesWorld).
+    - ``class_names``: attribute name -> the names of its classes, index-aligned with the labels.
+    - ``templates``: attribute name -> prompt templates with ``{}`` for a class name
+      (zero-shot classification fills them in).
+    - ``hard_negatives``: None, or N lists aligned with ``captions``: ``hard_negatives[i][j]`` is a
+      caption that is *wrong* for image i and differs from ``captions[i][j]`` in one detail.
+    - ``flippable``: False when a mirrored image means something else (handwritten digits).
+    - ``info``: anything else worth keeping (seed, split, skipped rows, held-out pairs).
+    """
+
+    images: torch.Tensor
+    captions: list[list[str]]
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    templates: dict[str, list[str]] = field(default_factory=dict)
+    name: str = "images"
+    hard_negatives: list[list[str]] | None = None
+    flippable: bool = True
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        images = self.images
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (0..255), got {images.dtype}")
+        if images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        n = images.shape[0]
+        _check_caption_lists("captions", self.captions, n)
+        if self.hard_negatives is not None:
+            _check_caption_lists("hard_negatives", self.hard_negatives, n)
+            for i, (caps, negs) in enumerate(zip(self.captions, self.hard_negatives)):
+                if len(caps) != len(negs):
+                    raise ValueError(
+                        f"image {i} has {len(caps)} captions but {len(negs)} hard negatives; "
+                        "expected one hard negative per caption"
+                    )
+        for key, value in self.labels.items():
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.long or value.shape != (n,):
+                got = (value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(f"labels[{key!r}] must be a LongTensor of shape ({n},), got {got}")
+            names = self.class_names.get(key)
+            if names is not None and n and not (0 <= int(value.min()) and int(value.max()) < len(names)):
+                raise ValueError(
+                    f"labels[{key!r}] must lie in [0, {len(names)}) to match class_names, got "
+                    f"[{int(value.min())}, {int(value.max())}]"
+                )
+        for key, templates in self.templates.items():
+            bad = [t for t in templates if "{}" not in t]
+            if bad:
+                raise ValueError(f"templates[{key!r}] must each contain '{{}}', got {bad[:3]}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        """Height of the images (they are square in every source here)."""
+        return self.images.shape[-2]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        per_image = sorted({len(c) for c in self.captions})
+        caps = f"{per_image[0]}" if len(per_image) == 1 else f"{per_image[0]}-{per_image[-1]}"
+        labels = ", ".join(f"{k}: {len(self.class_names.get(k, []))}" for k in self.labels) or "none"
+        return (
+            f"CaptionedImages({self.name!r}, {n} images {c}x{h}x{w} uint8, {caps} captions each, "
+            f"labels ({labels}), hard negatives: {'yes' if self.hard_negatives else 'no'})"
+        )
+
+    def subset(self, index) -> CaptionedImages:
+        """The images at ``index`` (a list, a LongTensor of indices or a bool mask)."""
+        n = len(self)
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            if idx.shape != (n,):
+                raise ValueError(f"a boolean mask must have shape ({n},), got {tuple(idx.shape)}")
+            idx = idx.nonzero().flatten()
+        if idx.numel() == 0:
+            idx = idx.long()  # an empty list comes in as float
+        if idx.dtype != torch.long or idx.dim() != 1:
+            raise ValueError(f"index must be 1-D integer indices or a bool mask, got {idx.dtype} {tuple(idx.shape)}")
+        if idx.numel() and not (-n <= int(idx.min()) and int(idx.max()) < n):
+            raise IndexError(f"index out of range for {n} images: [{int(idx.min())}, {int(idx.max())}]")
+        rows = idx.tolist()
+        return CaptionedImages(
+            images=self.images[idx.to(self.images.device)],
+            captions=[self.captions[i] for i in rows],
+            labels={k: v[idx.to(v.device)] for k, v in self.labels.items()},
+            class_names=dict(self.class_names),
+            templates=dict(self.templates),
+            name=self.name,
+            hard_negatives=None if self.hard_negatives is None else [self.hard_negatives[i] for i in rows],
+            flippable=self.flippable,
+            info=dict(self.info),
+        )
+
+    def all_captions(self) -> list[str]:
+        """Every caption as one flat list (to build a tokenizer vocabulary)."""
+        return [c for caps in self.captions for c in caps]
+
+    def prompts(self, attribute: str) -> list[list[str]]:
+        """For each class of ``attribute``, its name filled into every prompt template."""
+        if attribute not in self.class_names:
+            raise ValueError(f"no class names for {attribute!r}; this data has {sorted(self.class_names)}")
+        templates = self.templates.get(attribute) or ["{}"]
+        return [[t.format(name) for t in templates] for name in self.class_names[attribute]]
+
+    def show(self, n: int = 16, cols: int = 8, seed: int | None = None, which: int = 0):
+        """A grid of ``n`` images with caption ``which`` of each as its title (random if ``seed``)."""
+        if seed is None:
+            idx = list(range(min(n, len(self))))
+        else:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(self), generator=g)[:n].tolist()
+        titles = [self.captions[i][min(which, len(self.captions[i]) - 1)] for i in idx]
+        return gallery(self.images[idx], titles, cols=cols)
+
+
+def gallery(images: torch.Tensor, titles: Sequence[str] | None = None, cols: int = 8, width: float = 1.6):
+    """Draw uint8 images (B, C, H, W) in a grid with wrapped titles; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"gallery expects uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    count = len(images)
+    cols = max(1, min(cols, count))
+    rows = max(1, -(-count // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows * 1.25), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= count:
+            continue
+        picture = images[k].permute(1, 2, 0).numpy()  # (H, W, C) for imshow
+        ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+        if titles is not None:
+            ax.set_title(textwrap.fill(titles[k], 22), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _check_caption_lists(what: str, captions, n: int) -> None:
+    if not isinstance(captions, list) or len(captions) != n:
+        got = len(captions) if isinstance(captions, list) else type(captions).__name__
+        raise ValueError(f"{what} must be a list with one list of strings per image ({n}), got {got}")
+    seen: set[int] = set()  # CIFAR shares one list per class: check each list once
+    for i, caps in enumerate(captions):
+        if id(caps) in seen:
+            continue
+        seen.add(id(caps))
+        if not isinstance(caps, (list, tuple)) or not caps:
+            raise ValueError(f"{what}[{i}] must be a non-empty list of strings, got {caps!r:.80}")
+        for c in caps:
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"{what}[{i}] holds an empty or non-text caption: {c!r:.80}")
+
+
+def as_uint8_images(array: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 numpy array to a contiguous (N, C, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
