@@ -9,9 +9,10 @@ from clipedu.data import (
     DeviceLoader,
     ShapesWorld,
     build_tokenizer,
-    crop_and_flip,
     digits,
     mirror_caption,
+    padded_store,
+    read_crops,
     to_float,
 )
 
@@ -162,16 +163,22 @@ def test_random_crop_moves_objects_but_keeps_their_cell(shapes, tokenizer):
     assert moved > 200
 
 
-def test_crop_and_flip_matches_a_slow_loop():
-    images = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8)
+def test_read_crops_matches_a_slow_loop():
+    images = torch.randint(0, 256, (4, 3, 5, 7), dtype=torch.uint8)
+    store = padded_store(images, padding=2, mirrored=True)  # (8, 3, 9, 11): originals, then mirrors
+    assert store.shape == (8, 3, 9, 11)
+    which = torch.tensor([0, 5, 2, 7, 3, 4])
     offsets = torch.tensor([[0, 0], [4, 4], [2, 1], [1, 3], [0, 4], [3, 2]])
-    flip = torch.tensor([False, True, False, True, True, False])
-    out = crop_and_flip(images, offsets, flip, padding=2)
+    out = read_crops(store, which, offsets, 5, 7)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for k in range(6):
+        picture = padded[which[k] % 4]
+        if which[k] >= 4:
+            picture = picture.flip(-1)
         y, x = offsets[k].tolist()
-        crop = padded[k, :, y : y + 5, x : x + 7]
-        assert torch.equal(out[k], crop.flip(-1) if flip[k] else crop)
+        assert torch.equal(out[k], picture[:, y : y + 5, x : x + 7])
+    plain = padded_store(images, padding=1, mirrored=False)
+    assert torch.equal(read_crops(plain, torch.tensor([3]), torch.tensor([[1, 1]]), 5, 7), images[3:])
 
 
 def test_two_object_hard_negatives_follow_their_caption(tokenizer):

@@ -19,7 +19,7 @@ from clipedu.data.catalog import DATASET_NAMES, build_tokenizer, get_dataset, to
 from clipedu.data.cifar import CIFAR_TEMPLATES, cifar10, cifar100
 from clipedu.data.digits import digits
 from clipedu.data.folder import ImageCaptionFolder, image_caption_folder
-from clipedu.data.loader import Batch, DeviceLoader, crop_and_flip
+from clipedu.data.loader import Batch, DeviceLoader, padded_store, read_crops
 from clipedu.data.shapes import ShapesWorld
 
 __all__ = [
@@ -35,12 +35,13 @@ __all__ = [
     "build_tokenizer",
     "cifar10",
     "cifar100",
-    "crop_and_flip",
     "digits",
     "gallery",
     "get_dataset",
     "image_caption_folder",
     "mirror_caption",
+    "padded_store",
+    "read_crops",
     "split_indices",
     "to_float",
     "tokenizer_corpus",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipedu.data.base import CaptionedImages, mirror_caption, to_float
+from clipedu.data.base import CaptionedImages, apply_normalisation, mirror_caption, normalisation
 
 
 class Batch(NamedTuple):
@@ -44,7 +44,13 @@ class DeviceLoader:
     one chosen at random each time they are drawn (``first_caption=True`` always takes the
     first, for evaluation).
 
+    Memory on the device: the uint8 images once; with augmentation, a zero-padded copy instead,
+    and with flips also its mirror image (about 2.5x the images), so a batch is read, cropped and
+    flipped by one gather.
+
     A ``for`` loop runs the rest of the current epoch; the next loop starts the next epoch.
+    ``state_dict()`` / ``load_state_dict()`` save and restore (epoch, position), which with the
+    seed fixes every later batch; :meth:`forever` gives batches without end.
     """
 
     def __init__(
@@ -97,13 +103,16 @@ class DeviceLoader:
         self.flip = (data.flippable if flip is None else bool(flip)) and augment
         self.seed = seed
         self.first_caption = first_caption
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
-        to_float(data.images[:1].to(self.device), self.mean, self.std)  # checks mean/std against the channels
+        self.scale, self.shift = normalisation(mean, std, data.channels, self.device)  # the same as to_float
         self.epoch = 0
         self.position = 0  # the next batch to make within the epoch
 
-        self.images = data.images.to(self.device)  # (N, C, H, W) uint8, stays there
+        images = data.images.to(self.device)  # (N, C, H, W) uint8, stays on the device
+        self.crops = bool(self.crop_padding or self.flip)  # both are 0/False unless augment
+        if self.crops:
+            self.store = padded_store(images, self.crop_padding, mirrored=self.flip)  # (N or 2N, C, H+2p, W+2p)
+        else:
+            self.store = images
         self._tokenise(data, tokenizer)
 
     def _tokenise(self, data: CaptionedImages, tokenizer) -> None:
@@ -209,9 +218,12 @@ class DeviceLoader:
         if self.flip:
             caption = torch.where(flipped, self.mirror_ids[caption], caption)
 
-        images = self.images[index]  # (B, C, H, W) uint8
-        if self.augment and (self.crop_padding or self.flip):
-            images = crop_and_flip(images, plan["offset"][positions], flipped, self.crop_padding)
+        if not self.crops:
+            images = self.store.index_select(0, index)  # (B, C, H, W) uint8
+        else:
+            picture = index + flipped.long() * len(self.data)  # mirrored copies follow the originals
+            height, width = self.data.images.shape[-2:]
+            images = read_crops(self.store, picture, plan["offset"][positions], height, width)
         negatives = None
         if self.negative_ids is not None:
             negative = self.negative_ids[index, which]  # (B,)
@@ -219,7 +231,7 @@ class DeviceLoader:
                 negative = torch.where(flipped, self.mirror_ids[negative], negative)
             negatives = self.tokens[negative]  # (B, L)
         return Batch(
-            images=to_float(images, self.mean, self.std),
+            images=apply_normalisation(images, self.scale, self.shift),
             tokens=self.tokens[caption],  # (B, L)
             index=index,
             flipped=flipped,
@@ -227,22 +239,33 @@ class DeviceLoader:
         )
 
 
-def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
-    """Random crop after zero padding, and a left-right flip where ``flip`` is True, in one gather.
+def padded_store(images: torch.Tensor, padding: int, mirrored: bool) -> torch.Tensor:
+    """The images padded with ``padding`` zeros on every side, (N, C, H+2p, W+2p), followed by
+    their mirror images when ``mirrored`` (2N pictures).
 
-    ``images`` (B, C, H, W) any dtype; ``offsets`` (B, 2) the crop's top-left corner (y, x) in
-    the padded picture, each in 0..2*padding; ``flip`` (B,) bool. Returns (B, C, H, W).
+    Flipping a batch costs a pass over it every time; a mirrored copy made once turns a flip into
+    reading from the second half of the store, for twice the memory.
     """
-    b, c, h, w = images.shape
-    if padding:
-        images = F.pad(images, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    padded_w = w + 2 * padding
-    rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (B, H) source row of each output row
-    across = torch.arange(w, device=images.device).expand(b, w)  # (B, W)
-    cols = offsets[:, 1:] + torch.where(flip.view(b, 1), w - 1 - across, across)  # (B, W) reversed if flipped
-    source = (rows.unsqueeze(2) * padded_w + cols.unsqueeze(1)).view(b, 1, h * w)  # (B, 1, H*W) flat pixel
-    picked = images.flatten(2).gather(2, source.expand(b, c, h * w))  # (B, C, H*W)
-    return picked.view(b, c, h, w)
+    padded = F.pad(images, (padding, padding, padding, padding))
+    return torch.cat([padded, padded.flip(-1)]) if mirrored else padded.contiguous()
+
+
+def read_crops(store: torch.Tensor, which: torch.Tensor, offsets: torch.Tensor, height: int, width: int):
+    """Windows of ``height`` x ``width`` from pictures ``which`` (B,) of ``store`` (M, C, Hp, Wp),
+    with top-left corners ``offsets`` (B, 2) as (y, x). Returns (B, C, height, width).
+
+    Each output row is ``width`` consecutive values of the store. Seen through a view whose row k
+    starts at element k, all B * C * height rows of the batch come out of one ``index_select``.
+    """
+    _, channels, padded_h, padded_w = store.shape
+    flat = store.reshape(-1)  # a view: the store is contiguous
+    rows = flat.as_strided((flat.numel() - width + 1, width), (1, 1))  # row k = flat[k : k + width]
+    plane = padded_h * padded_w
+    channel = torch.arange(channels, device=store.device).view(1, channels, 1) * plane  # (1, C, 1)
+    line = torch.arange(height, device=store.device).view(1, 1, height) * padded_w  # (1, 1, H)
+    corner = which * (channels * plane) + offsets[:, 0] * padded_w + offsets[:, 1]  # (B,)
+    starts = corner.view(-1, 1, 1) + channel + line  # (B, C, H) where each output row begins
+    return rows.index_select(0, starts.flatten()).view(-1, channels, height, width)
 
 
 def _pad_rows(rows: list[list[int]]) -> torch.Tensor:
