@@ -90,7 +90,7 @@ class WordTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         context_length = context_length or self.context_length
-        out = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)
+        rows = []
         for row, text in enumerate(texts):
             ids = self.encode(text)
             if len(ids) > context_length:
@@ -101,8 +101,8 @@ class WordTokenizer:
                         "truncate=True"
                     )
                 ids = ids[: context_length - 1] + [self.eot_id]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+            rows.append(ids + [self.pad_id] * (context_length - len(ids)))
+        return torch.tensor(rows, dtype=torch.long).view(len(rows), context_length)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text from ids: stops at ``<eot>``, drops ``<sot>`` and padding."""

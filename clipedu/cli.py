@@ -1,0 +1,246 @@
+"""The command line: the same training and evaluation as the notebooks, outside a notebook.
+
+    clipedu train                                  # ShapesWorld, tiny preset, then zero-shot accuracy
+    clipedu train --dataset shapes --preset tiny --out runs/x --minutes 2
+    clipedu train --out runs/x --resume            # continue an interrupted run exactly
+    clipedu eval runs/x                            # zero-shot and retrieval table
+    clipedu probe runs/x                           # linear probes against baselines
+
+Each command prints a table and writes ``metrics.json`` into the run folder; ``train`` also saves
+``training.png`` (the loss and temperature curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A problem with what the user asked for: printed as one message, exit status 2."""
+
+
+def _print_table(title: str, metrics: dict[str, float]) -> None:
+    width = max(len(k) for k in metrics)
+    print(f"\n{title}")
+    print(f"| {'metric'.ljust(width)} | value  |")
+    print(f"| {'-' * width} | ------ |")
+    for k, v in metrics.items():
+        print(f"| {k.ljust(width)} | {v:.4f} |" if isinstance(v, float) else f"| {k.ljust(width)} | {v} |")
+
+
+def _write_metrics(out_dir: Path, section: str, metrics: dict) -> None:
+    path = out_dir / "metrics.json"
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing[section] = metrics
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(existing, indent=2))
+    tmp.replace(path)
+
+
+def cmd_train(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+
+    from clipedu import CLIP, preset
+    from clipedu.config import preset_names
+    from clipedu.data import DATASET_NAMES, build_tokenizer, get_dataset
+    from clipedu.evaluate import report
+    from clipedu.runtime import is_fast, pick_device, runs_dir, seed_everything
+    from clipedu.tokenizer import WordTokenizer
+    from clipedu.train import (
+        CHECKPOINT_NAME,
+        Trainer,
+        default_train_config,
+        estimate_steps,
+        load_checkpoint,
+        run_dir_name,
+    )
+
+    if args.preset not in preset_names() or args.preset == "ViT-B/32":
+        raise CLIError(f"unknown or untrainable preset {args.preset!r}; expected 'tiny' or 'small'")
+    if not (args.dataset in DATASET_NAMES[:-1] or args.dataset.startswith("folder:")):
+        raise CLIError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
+    fast = is_fast() if args.fast is None else args.fast
+    out_dir = Path(args.out) if args.out else runs_dir() / run_dir_name(args.dataset, args.preset, fast)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    if args.resume and not checkpoint.exists():
+        raise CLIError(f"--resume: nothing to resume in {out_dir} (no {CHECKPOINT_NAME})")
+    if not args.resume and out_dir.exists() and any(out_dir.iterdir()):
+        raise CLIError(
+            f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out "
+            "(nothing was overwritten)"
+        )
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("seed", args.seed), ("hard_negatives", args.hard_negatives or None))
+                 if v is not None}
+    state = None
+    if args.resume:
+        try:
+            state = load_checkpoint(checkpoint)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        from clipedu.train import TrainConfig
+
+        cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
+        if state["dataset"].split("-")[0] != args.dataset.split(":")[0] and not args.dataset.startswith("folder:"):
+            raise CLIError(f"{out_dir} was trained on {state['dataset']!r}, not {args.dataset!r}")
+    else:
+        try:
+            cfg = default_train_config(args.preset, fast, **{k: v for k, v in overrides.items() if k != "steps"})
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if args.steps is not None:
+            cfg.steps = args.steps
+            cfg.warmup_steps = min(cfg.warmup_steps, max(0, args.steps // 10))
+    try:
+        options = {"n": 4000} if fast and args.dataset.startswith("shapes") else {}
+        data = get_dataset(args.dataset, "train", **options)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise CLIError(str(exc)) from None
+    tokenizer = WordTokenizer.from_dict(state["tokenizer"]) if state else build_tokenizer(data)
+    model_cfg = preset(args.preset, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
+                       pad_token_id=tokenizer.pad_id, context_length=tokenizer.context_length)
+    if state is not None and state["config"] != model_cfg.to_dict():
+        raise CLIError(f"the checkpoint in {out_dir} is of another model config than preset {args.preset!r}")
+    seed_everything(cfg.seed)
+    if args.minutes is not None and args.steps is None and state is None:
+        cfg.steps = estimate_steps(model_cfg, tokenizer, data, cfg, device, seconds=args.minutes * 60)
+        cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps // 10)
+        print(f"{args.minutes:g} minutes on {device} fit about {cfg.steps} steps of batch {cfg.batch_size}")
+    seed_everything(cfg.seed)
+    model = CLIP(model_cfg)
+    trainer = Trainer(model, tokenizer, data, cfg, device=device, out_dir=out_dir)
+    if cfg.checkpoint_every == 0:
+        cfg.checkpoint_every = max(50, cfg.steps // 10)
+    print(f"training {args.preset} on {args.dataset} ({len(data)} images) for {cfg.steps} steps on {device}; "
+          f"run folder {out_dir}")
+    start = time.perf_counter()
+    history = trainer.fit(resume=args.resume, progress=not args.quiet)
+    fig = history.plot(title=f"{args.dataset} / {args.preset}")
+    fig.savefig(out_dir / "training.png", dpi=100)
+    train_metrics = {"steps": trainer.step, "seconds": round(history.seconds, 1),
+                     "final_loss": history.loss[-1], "temperature": history.temperature[-1]}
+    with torch.no_grad():
+        metrics = report(trainer.model.eval(), tokenizer, args.dataset, n=500 if fast else 1000)
+    _print_table(f"training ({time.perf_counter() - start:.0f} s)", train_metrics)
+    _print_table(f"evaluation on the {args.dataset} test split", metrics)
+    _write_metrics(out_dir, "train", train_metrics)
+    _write_metrics(out_dir, "eval", metrics)
+    print(f"\nwrote {out_dir / 'metrics.json'}, {out_dir / 'training.png'} and {checkpoint}")
+    return 0
+
+
+def _load_run(run: str):
+    from clipedu.train import model_from_checkpoint
+
+    path = Path(run)
+    try:
+        model, tokenizer, state = model_from_checkpoint(path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return path if path.is_dir() else path.parent, model, tokenizer, state
+
+
+def cmd_eval(args) -> int:
+    from clipedu.evaluate import report
+
+    out_dir, model, tokenizer, state = _load_run(args.run)
+    dataset = args.dataset or state["dataset"].rsplit("-", 1)[0]
+    metrics = report(model, tokenizer, dataset, n=args.n)
+    _print_table(f"evaluation of {out_dir} on {dataset}", metrics)
+    _write_metrics(out_dir, "eval", metrics)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    import torch
+
+    from clipedu import CLIP
+    from clipedu.data import get_dataset
+    from clipedu.evaluate import encode_images, linear_probe, pixel_features
+
+    out_dir, model, tokenizer, state = _load_run(args.run)
+    dataset = state["dataset"].rsplit("-", 1)[0]
+    train = get_dataset(dataset, "train", **({"n": args.n, "seed": 7} if dataset.startswith("shapes") else {}))
+    test = get_dataset(dataset, "test", **({"n": args.n // 2, "seed": 8} if dataset.startswith("shapes") else {}))
+    attributes = [a for a in ("shape", "colour", "size", "position", "class") if a in train.labels]
+    torch.manual_seed(0)
+    random_encoder = CLIP(model.cfg).eval()
+    features = {
+        "clip": (encode_images(model, train, features=True), encode_images(model, test, features=True)),
+        "random encoder": (encode_images(random_encoder, train, features=True),
+                           encode_images(random_encoder, test, features=True)),
+        "raw pixels": (pixel_features(train), pixel_features(test)),
+    }
+    metrics = {}
+    for attribute in attributes:
+        for name, (tr, te) in features.items():
+            result = linear_probe(tr, train.labels[attribute], te, test.labels[attribute])
+            metrics[f"{attribute} / {name}"] = result.accuracy
+    _print_table(f"linear probes on {dataset} ({len(train)} train, {len(test)} test images)", metrics)
+    _write_metrics(out_dir, "probe", metrics)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="clipedu", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a mini-CLIP and report zero-shot accuracy")
+    t.add_argument("--dataset", default="shapes",
+                   help="shapes (default, generated), shapes2 (two objects), cifar10, cifar100, digits, "
+                        "or folder:<path> with captions.csv")
+    t.add_argument("--preset", default="tiny", help="model size: tiny (CPU, default) or small (GPU)")
+    t.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>[-fast])")
+    t.add_argument("--steps", type=int, help="training steps (default: the preset's recipe)")
+    t.add_argument("--minutes", type=float, help="fit the number of steps to this many minutes of training")
+    t.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    t.add_argument("--hard-negatives", action="store_true",
+                   help="add each image's swapped caption as an extra negative (two-object data)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="fast mode: small data and few steps (default: on when CI or CLIPEDU_FAST is set)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="zero-shot and retrieval metrics of a trained run")
+    e.add_argument("run", help="run folder (or checkpoint file)")
+    e.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
+    e.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
+    e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("probe", help="linear probes on frozen features against baselines")
+    p.add_argument("run", help="run folder (or checkpoint file)")
+    p.add_argument("--n", type=int, default=2000, help="training images for the probes (default 2000)")
+    p.set_defaults(func=cmd_probe)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"clipedu {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""Measuring a CLIP: zero-shot classification, retrieval, and linear probes (notebooks 07 and 10).
+
+- **Zero-shot**: no training on labels at all. Write each class as text ("a photo of a dog."),
+  embed it, and call an image whichever class text it is most similar to. With several prompt
+  templates per class, average their (unit) embeddings and renormalise: the *prompt ensemble*.
+- **Retrieval**: rank all captions for each image (and all images for each caption); recall@K is
+  how often a right one is in the top K.
+- **Linear probe** (as in the CLIP paper): freeze the image encoder, take its features *before* the
+  projection, fit a logistic regression on labelled examples, with the regularisation strength C
+  chosen on a validation split and the model refit on train + validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipedu.clip import CLIP
+from clipedu.data import CaptionedImages, to_float
+
+
+# --- embedding whole datasets ---------------------------------------------------------------------
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode_images(
+    model: CLIP,
+    images: CaptionedImages | torch.Tensor,
+    batch_size: int = 500,
+    features: bool = False,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """Unit-length image embeddings (N, E) of uint8 images, on the CPU.
+
+    ``features=True`` returns the image tower's features before the projection instead (N, D):
+    what a linear probe reads.
+    """
+    if isinstance(images, CaptionedImages):
+        images = images.images
+    model.eval()
+    device = _device_of(model)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start : start + batch_size].to(device), mean, std)
+        if features:
+            out.append(model.vision(x).features.float().cpu())
+        else:
+            out.append(model.encode_image(x).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int = 1000) -> torch.Tensor:
+    """Unit-length text embeddings (M, E), on the CPU."""
+    model.eval()
+    device = _device_of(model)
+    context = model.cfg.text.context_length
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start : start + batch_size]), context_length=context, truncate=True)
+        out.append(model.encode_text(tokens.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+# --- zero-shot --------------------------------------------------------------------------------------
+def zero_shot_classifier(
+    model: CLIP, tokenizer, class_names: Sequence[str], templates: Sequence[str] = ("{}",)
+) -> torch.Tensor:
+    """(K, E) unit vectors, one per class: the mean of its prompts' embeddings, renormalised."""
+    if not class_names:
+        raise ValueError("zero-shot needs at least one class name")
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"every template needs a {{}} for the class name, got {list(templates)}")
+    prompts = [t.format(name) for name in class_names for t in templates]  # class-major order
+    embeds = encode_texts(model, tokenizer, prompts).view(len(class_names), len(templates), -1)  # (K, T, E)
+    return F.normalize(embeds.mean(dim=1), dim=-1)  # (K, E)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """{"top1": ..., "top5": ...}: how often the label is among the k highest scores."""
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of scores but {labels.shape[0]} labels")
+    ranked = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (N, k)
+    hits = ranked == labels[:, None]
+    return {f"top{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) counts: row = true class, column = predicted class."""
+    index = labels.long() * num_classes + predictions.long()
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+@dataclass
+class ZeroShotResult:
+    attribute: str
+    top1: float
+    top5: float
+    predictions: torch.Tensor  # (N,)
+    labels: torch.Tensor  # (N,)
+    logits: torch.Tensor  # (N, K) cosine similarities (unscaled)
+    class_names: list[str]
+    confusion: torch.Tensor  # (K, K)
+
+    def __repr__(self) -> str:
+        k = len(self.class_names)
+        return f"ZeroShotResult({self.attribute}: top1={self.top1:.3f}, top5={self.top5:.3f}, K={k})"
+
+
+def zero_shot(
+    model: CLIP,
+    tokenizer,
+    data: CaptionedImages,
+    attribute: str = "class",
+    templates: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    image_embeds: torch.Tensor | None = None,
+) -> ZeroShotResult:
+    """Zero-shot classification of ``data`` by one attribute (``"class"`` for CIFAR and digits;
+    ``"shape"``, ``"colour"``, ``"size"``, ``"position"`` or ``"colour_shape"`` for ShapesWorld).
+
+    ``templates`` default to the data's own for that attribute; pass precomputed
+    ``image_embeds`` to score several prompt sets against the same images.
+    """
+    if attribute not in data.labels:
+        raise ValueError(f"{data.name!r} has no labels for {attribute!r}; it has {sorted(data.labels)}")
+    class_names = list(class_names or data.class_names[attribute])
+    templates = list(templates or data.templates.get(attribute) or ["{}"])
+    weights = zero_shot_classifier(model, tokenizer, class_names, templates)  # (K, E)
+    if image_embeds is None:
+        image_embeds = encode_images(model, data)
+    logits = image_embeds @ weights.t()  # (N, K)
+    labels = data.labels[attribute]
+    acc = topk_accuracy(logits, labels, ks=(1, min(5, len(class_names))))
+    predictions = logits.argmax(dim=1)
+    return ZeroShotResult(
+        attribute=attribute,
+        top1=acc["top1"],
+        top5=acc[f"top{min(5, len(class_names))}"],
+        predictions=predictions,
+        labels=labels,
+        logits=logits,
+        class_names=class_names,
+        confusion=confusion_matrix(predictions, labels, len(class_names)),
+    )
+
+
+# --- retrieval --------------------------------------------------------------------------------------
+def retrieval_recall(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_to_image: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    relevant: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Recall@K both ways, for images with one or several captions.
+
+    ``text_to_image`` (M,): which image each text describes. Image -> text: a hit when any of the
+    image's captions is in the top K. Text -> image: a hit when its image is in the top K.
+    ``relevant`` (N, M) booleans, optional: count a hit whenever a relevant pair is in the top K
+    (e.g. any caption whose attributes all match the image), not only the paired one.
+    """
+    n, m = image_embeds.shape[0], text_embeds.shape[0]
+    if text_to_image.shape != (m,):
+        raise ValueError(f"text_to_image must have one entry per text ({m}), got shape {tuple(text_to_image.shape)}")
+    sims = image_embeds @ text_embeds.t()  # (N, M)
+    if relevant is None:
+        relevant = torch.zeros(n, m, dtype=torch.bool)
+        relevant[text_to_image, torch.arange(m)] = True
+    elif relevant.shape != (n, m):
+        raise ValueError(f"relevant must be ({n}, {m}), got {tuple(relevant.shape)}")
+    out = {}
+    for k in ks:
+        top_texts = sims.topk(min(k, m), dim=1).indices  # (N, k)
+        out[f"image_to_text_R@{k}"] = relevant.gather(1, top_texts).any(dim=1).float().mean().item()
+        top_images = sims.t().topk(min(k, n), dim=1).indices  # (M, k)
+        out[f"text_to_image_R@{k}"] = relevant.t().gather(1, top_images).any(dim=1).float().mean().item()
+    return out
+
+
+def caption_pairs(data: CaptionedImages, per_image: int = 1) -> tuple[list[str], torch.Tensor]:
+    """The first ``per_image`` captions of each image, flattened, and the image each belongs to."""
+    texts, owner = [], []
+    for i, caps in enumerate(data.captions):
+        for c in caps[:per_image]:
+            texts.append(c)
+            owner.append(i)
+    return texts, torch.tensor(owner)
+
+
+# --- linear probes ----------------------------------------------------------------------------------
+@dataclass
+class ProbeResult:
+    accuracy: float  # on the test set, after refitting on train + validation with the best C
+    best_c: float
+    validation: dict[float, float] = field(default_factory=dict)  # C -> validation accuracy
+
+    def __repr__(self) -> str:
+        return f"ProbeResult(accuracy={self.accuracy:.3f}, best_c={self.best_c:g})"
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def linear_probe(
+    train_x: torch.Tensor | np.ndarray,
+    train_y: torch.Tensor | np.ndarray,
+    test_x: torch.Tensor | np.ndarray,
+    test_y: torch.Tensor | np.ndarray,
+    cs: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> ProbeResult:
+    """Logistic regression (L-BFGS) on frozen features, C chosen on a validation split.
+
+    Features are standardised with the training set's mean and std (L-BFGS converges in far fewer
+    steps on unit-scale inputs). The final model is refit on train + validation with the best C.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = np.asarray(train_x, dtype=np.float64), np.asarray(train_y)
+    tx, ty = np.asarray(test_x, dtype=np.float64), np.asarray(test_y)
+    if x.ndim != 2 or tx.ndim != 2 or x.shape[1] != tx.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {x.shape} and {tx.shape}")
+    if len(x) != len(y) or len(tx) != len(ty):
+        raise ValueError(f"features and labels disagree in length: {len(x)}/{len(y)} and {len(tx)}/{len(ty)}")
+    if len(np.unique(y)) < 2:
+        raise ValueError("a probe needs at least two classes in the training labels")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_val = max(1, int(round(validation_fraction * len(x))))
+    val, fit = order[:n_val], order[n_val:]
+    if len(np.unique(y[fit])) < 2:  # tiny few-shot sets: validate on the training points
+        fit = val = order
+    validation = {}
+    for c in cs:
+        xf, xv = _standardise(x[fit], x[val])
+        clf = LogisticRegression(C=c, max_iter=max_iter)
+        clf.fit(xf, y[fit])
+        validation[c] = float((clf.predict(xv) == y[val]).mean())
+    best = max(validation, key=lambda c: (validation[c], -abs(np.log10(c))))  # ties: the milder C
+    xa, xt = _standardise(x, tx)
+    clf = LogisticRegression(C=best, max_iter=max_iter).fit(xa, y)
+    return ProbeResult(float((clf.predict(xt) == ty).mean()), best, validation)
+
+
+def few_shot_indices(labels: torch.Tensor | np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``shots`` examples of every class (fewer where a class has fewer)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked))
+
+
+def few_shot_curve(
+    train_x, train_y, test_x, test_y, shots: Sequence[int] = (1, 2, 4, 8, 16), repeats: int = 3, seed: int = 0,
+    cs: Sequence[float] = (1e-2, 1e-1, 1.0, 10.0),
+) -> dict[int, tuple[float, float]]:
+    """{k: (mean accuracy, std over repeats)} of probes fit on k labelled examples per class."""
+    train_x, train_y = np.asarray(train_x), np.asarray(train_y)
+    out = {}
+    for k in shots:
+        accs = []
+        for r in range(repeats):
+            idx = few_shot_indices(train_y, k, seed + r)
+            accs.append(linear_probe(train_x[idx], train_y[idx], test_x, test_y, cs=cs, seed=seed + r).accuracy)
+        out[k] = (float(np.mean(accs)), float(np.std(accs)))
+    return out
+
+
+def pixel_features(data: CaptionedImages, size: int | None = None) -> torch.Tensor:
+    """The raw-pixel baseline: images (optionally downsampled to ``size``) as flat float vectors."""
+    x = data.images.float() / 255
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x.flatten(1)
+
+
+# --- the standard report of a trained model ------------------------------------------------------
+def heldout_pair_accuracy(model: CLIP, tokenizer, heldout: CaptionedImages, image_embeds=None) -> float:
+    """Zero-shot over all colour x shape pairs ("the red triangle", ...) on images whose pair never
+    appeared in training: can the model compose words it learned separately?"""
+    from clipedu.data.shapes import ShapesWorld
+
+    pairs = [(c, s) for c in ShapesWorld.COLOURS for s in ShapesWorld.SHAPES]
+    names = [f"{c} {s}" for c, s in pairs]
+    return zero_shot(model, tokenizer, heldout, "colour_shape", templates=["the {}"], class_names=names,
+                     image_embeds=image_embeds).top1
+
+
+def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The numbers the CLI and the benchmarks print for a dataset's test split.
+
+    ShapesWorld: zero-shot top-1 for shape, colour, size and position, the held-out colour x shape
+    pairs, and retrieval recall@1/5/10 over ``n`` test pairs, counted strictly (the paired caption)
+    and leniently (any caption whose attributes all match the image). Other data: zero-shot top-1
+    and top-5 over the classes and recall@K.
+    """
+    from clipedu.data import get_dataset
+
+    metrics: dict[str, float] = {}
+    if dataset in ("shapes", "shapes2"):
+        test = get_dataset(dataset, "test", n=n, seed=seed + 1000)
+        embeds = encode_images(model, test)
+        if dataset == "shapes":
+            for attribute in ("shape", "colour", "size", "position"):
+                result = zero_shot(model, tokenizer, test, attribute, image_embeds=embeds)
+                metrics[f"zero_shot_{attribute}"] = result.top1
+            held = get_dataset(dataset, "heldout", n=n, seed=seed + 1000)
+            metrics["zero_shot_heldout_pairs"] = heldout_pair_accuracy(model, tokenizer, held)
+        else:
+            metrics["swapped_caption_accuracy"] = swapped_caption_accuracy(model, tokenizer, test, embeds)
+        texts, owner = caption_pairs(test)
+        text_embeds = encode_texts(model, tokenizer, texts)
+        metrics.update(retrieval_recall(embeds, text_embeds, owner))
+        same = torch.ones(len(test), len(texts), dtype=torch.bool)
+        for values in test.labels.values():
+            same &= values[:, None] == values[owner][None, :]
+        lenient = retrieval_recall(embeds, text_embeds, owner, relevant=same)
+        metrics.update({f"{k}_lenient": v for k, v in lenient.items()})
+    else:
+        test = get_dataset(dataset, "test")
+        if len(test) > n:
+            test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n])
+        embeds = encode_images(model, test)
+        result = zero_shot(model, tokenizer, test, "class", image_embeds=embeds)
+        metrics.update(zero_shot_top1=result.top1, zero_shot_top5=result.top5)
+        texts, owner = caption_pairs(test)
+        metrics.update(retrieval_recall(embeds, encode_texts(model, tokenizer, texts), owner))
+    return metrics
+
+
+def swapped_caption_accuracy(model: CLIP, tokenizer, data: CaptionedImages, image_embeds=None) -> float:
+    """Two-object scenes: how often the true caption beats the same words with the objects swapped
+    ("a red circle left of a blue square" vs "a blue square left of a red circle"). Chance is 0.5."""
+    if data.hard_negatives is None:
+        raise ValueError(f"{data.name!r} has no swapped captions (use two-object ShapesWorld)")
+    if image_embeds is None:
+        image_embeds = encode_images(model, data)
+    true = encode_texts(model, tokenizer, [c[0] for c in data.captions])
+    swapped = encode_texts(model, tokenizer, [c[0] for c in data.hard_negatives])
+    return ((image_embeds * true).sum(1) > (image_embeds * swapped).sum(1)).float().mean().item()

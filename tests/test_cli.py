@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from clipedu.cli import main
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--dataset", "--preset", "--out", "--steps", "--minutes", "--device", "--resume"):
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--preset", "huge"], "unknown or untrainable preset 'huge'"),
+        (["train", "--resume"], "nothing to resume"),
+        (["eval", "nowhere"], "no checkpoint at nowhere"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_eval_probe_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "4", "--fast", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "zero_shot_shape" in printed and "zero_shot_heldout_pairs" in printed
+    assert (out / "checkpoint.pt").exists() and (out / "training.png").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 4 and 0 <= metrics["eval"]["zero_shot_colour"] <= 1
+
+    # The folder now holds a run: a second train there must refuse and change nothing.
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", "--out", str(out), "--steps", "4", "--fast", "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+    # Resuming with another model is refused too.
+    assert main(["train", "--out", str(out), "--preset", "small", "--resume", "--fast", "--quiet"]) == 2
+    assert "another model config" in capsys.readouterr().err
+
+    assert main(["eval", str(out), "--n", "100"]) == 0
+    assert "text_to_image_R@1" in capsys.readouterr().out
+    assert main(["probe", str(out), "--n", "300"]) == 0
+    probe = json.loads((out / "metrics.json").read_text())["probe"]
+    assert {"shape / clip", "shape / raw pixels", "shape / random encoder"} <= set(probe)

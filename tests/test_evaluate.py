@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipedu import CLIP, preset
+from clipedu.data import ShapesWorld, build_tokenizer
+from clipedu.evaluate import (
+    confusion_matrix,
+    encode_texts,
+    few_shot_indices,
+    linear_probe,
+    retrieval_recall,
+    swapped_caption_accuracy,
+    topk_accuracy,
+    zero_shot,
+    zero_shot_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = ShapesWorld(seed=0).generate(64, "test")
+    tok = build_tokenizer(data)
+    model = CLIP(preset("tiny", vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+                        text_heads=2, embed_dim=16, vocab_size=tok.vocab_size)).eval()
+    return model, tok, data
+
+
+def test_prompt_ensemble_is_the_renormalised_mean(setup):
+    model, tok, _ = setup
+    names, templates = ["circle", "square"], ["the {}", "the red {}", "the small {}"]
+    weights = zero_shot_classifier(model, tok, names, templates)
+    assert weights.shape == (2, 16)
+    torch.testing.assert_close(weights.norm(dim=1), torch.ones(2))
+    manual = encode_texts(model, tok, ["the square", "the red square", "the small square"]).mean(0)
+    torch.testing.assert_close(weights[1], F.normalize(manual, dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_zero_shot_result_is_consistent(setup):
+    model, tok, data = setup
+    r = zero_shot(model, tok, data, "colour")
+    assert r.logits.shape == (64, 8) and r.confusion.sum() == 64
+    assert r.top1 == pytest.approx((r.predictions == r.labels).float().mean().item())
+    assert r.top5 >= r.top1
+
+
+def test_zero_shot_bad_inputs(setup):
+    model, tok, data = setup
+    with pytest.raises(ValueError, match="has no labels for 'class'"):
+        zero_shot(model, tok, data, "class")
+    with pytest.raises(ValueError, match="needs a \\{\\} for the class name"):
+        zero_shot_classifier(model, tok, ["circle"], ["a shape"])
+
+
+def test_topk_accuracy_by_hand():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    labels = torch.tensor([1, 2, 2])
+    acc = topk_accuracy(logits, labels, ks=(1, 2))
+    assert acc["top1"] == pytest.approx(1 / 3) and acc["top2"] == pytest.approx(2 / 3)
+
+
+def test_confusion_matrix_by_hand():
+    cm = confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_retrieval_recall_by_hand():
+    images = torch.eye(3)
+    # texts 0, 1 describe image 0; text 2 image 1; text 3 image 2 but looks like image 1
+    texts = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0], [0, 0.8, 0.6]])
+    owner = torch.tensor([0, 0, 1, 2])
+    r = retrieval_recall(images, texts, owner, ks=(1, 2))
+    # image->text top-1: image 0 -> text 0 (hit), image 1 -> text 2 (hit), image 2 -> text 3 (hit)
+    assert r["image_to_text_R@1"] == pytest.approx(1.0)
+    # text->image top-1: text 3 -> image 1 (miss); the other three hit
+    assert r["text_to_image_R@1"] == pytest.approx(0.75) and r["text_to_image_R@2"] == pytest.approx(1.0)
+
+
+def test_retrieval_with_relevance_counts_equivalent_captions():
+    images = torch.eye(2)
+    texts = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # each text looks like the other image
+    owner = torch.tensor([0, 1])
+    assert retrieval_recall(images, texts, owner, ks=(1,))["image_to_text_R@1"] == 0.0
+    everything = torch.ones(2, 2, dtype=torch.bool)
+    assert retrieval_recall(images, texts, owner, ks=(1,), relevant=everything)["image_to_text_R@1"] == 1.0
+
+
+def test_linear_probe_separates_separable_data():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 10)) * 3
+    y = rng.integers(0, 4, 400)
+    x = centres[y] + rng.normal(size=(400, 10))
+    result = linear_probe(x[:300], y[:300], x[300:], y[300:])
+    assert result.accuracy > 0.95 and result.best_c in result.validation
+    noise = rng.normal(size=(400, 10))
+    assert linear_probe(noise[:300], y[:300], noise[300:], y[300:]).accuracy < 0.45
+
+
+def test_linear_probe_bad_inputs():
+    with pytest.raises(ValueError, match="the same D"):
+        linear_probe(np.zeros((4, 3)), np.array([0, 1, 0, 1]), np.zeros((2, 5)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="at least two classes"):
+        linear_probe(np.zeros((4, 3)), np.zeros(4), np.zeros((2, 3)), np.zeros(2))
+
+
+def test_few_shot_indices_take_k_per_class():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    idx = few_shot_indices(labels, 4)
+    assert np.bincount(labels[idx]).tolist() == [4, 4, 3]
+
+
+def test_swapped_caption_accuracy_needs_two_objects(setup):
+    model, tok, data = setup
+    with pytest.raises(ValueError, match="no swapped captions"):
+        swapped_caption_accuracy(model, tok, data)
+
+
+def test_swapped_caption_accuracy_is_a_fraction():
+    data = ShapesWorld(num_objects=2, seed=1).generate(32, "test")
+    tok = build_tokenizer(data)
+    model = CLIP(preset("tiny", vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+                        text_heads=2, embed_dim=16, vocab_size=tok.vocab_size,
+                        context_length=tok.context_length)).eval()
+    acc = swapped_caption_accuracy(model, tok, data)
+    assert 0.0 <= acc <= 1.0

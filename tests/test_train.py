@@ -1,0 +1,243 @@
+import math
+
+import pytest
+import torch
+
+from clipedu import CLIP, preset
+from clipedu.data import ShapesWorld, build_tokenizer
+from clipedu.train import (
+    History,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    looks_collapsed,
+    make_scheduler,
+    mean_off_diagonal_cosine,
+    parameter_groups,
+    resolve_precision,
+    save_checkpoint,
+    train_or_load,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesWorld(seed=0).generate(256, "train")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data):
+    return build_tokenizer(data)
+
+
+def _model(tokenizer, **overrides):
+    torch.manual_seed(0)
+    sizes = dict(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+                 embed_dim=16, vocab_size=tokenizer.vocab_size)
+    cfg = preset("tiny", **{**sizes, **overrides})
+    return CLIP(cfg)
+
+
+def _cfg(**kw):
+    base = dict(steps=12, batch_size=32, warmup_steps=2, lr=3e-4, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_goes_down(data, tokenizer):
+    trainer = Trainer(_model(tokenizer), tokenizer, data, _cfg(steps=40, lr=3e-3, warmup_steps=10), device="cpu")
+    h = trainer.fit(progress=False)
+    assert len(h.loss) == 40 and h.loss[-1] < h.loss[0] - 0.3
+
+
+def test_resume_reproduces_an_uninterrupted_run(data, tokenizer, tmp_path):
+    full = Trainer(_model(tokenizer), tokenizer, data, _cfg(), device="cpu").fit(progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_7(trainer):
+        if trainer.step == 7:
+            raise Interrupt
+
+    cfg = _cfg(checkpoint_every=5)  # the last checkpoint before the interruption is at step 5
+    first = Trainer(_model(tokenizer), tokenizer, data, cfg, device="cpu", out_dir=tmp_path)
+    with pytest.raises(Interrupt):
+        first.fit(progress=False, callback=stop_at_7)
+    assert load_checkpoint(tmp_path)["step"] == 5
+    # A fresh process: a new model with other weights, resumed from the checkpoint.
+    torch.manual_seed(123)
+    second = Trainer(_model(tokenizer), tokenizer, data, cfg, device="cpu", out_dir=tmp_path)
+    resumed = second.fit(resume=True, progress=False)
+    assert resumed.step == full.step
+    torch.testing.assert_close(torch.tensor(resumed.loss), torch.tensor(full.loss), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(resumed.lr), torch.tensor(full.lr), rtol=0, atol=0)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tokenizer, tmp_path, monkeypatch):
+    trainer = Trainer(_model(tokenizer), tokenizer, data, _cfg(checkpoint_every=1), device="cpu", out_dir=tmp_path)
+    import clipedu.train as train_module
+
+    real = train_module.clip_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(train_module, "clip_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 4.*last good checkpoint"):
+        trainer.fit(progress=False)
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"format": "clipedu-checkpoint-1", "step": 1})
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"format": "clipedu-checkpoint-1", "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1  # the old checkpoint survived whole
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(data, tokenizer, tmp_path):
+    trainer = Trainer(_model(tokenizer), tokenizer, data, _cfg(steps=3), device="cpu", out_dir=tmp_path)
+    trainer.fit(progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("config", "train_config", "tokenizer", "model", "optimizer", "scheduler", "step", "rng", "loader"):
+        assert key in state, key
+    assert state["tokenizer"]["vocab"] == tokenizer.vocab
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="is not a clipedu checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resuming_with_another_config_is_refused(data, tokenizer, tmp_path):
+    Trainer(_model(tokenizer), tokenizer, data, _cfg(steps=3), device="cpu", out_dir=tmp_path).fit(progress=False)
+    other = Trainer(_model(tokenizer, embed_dim=8), tokenizer, data, _cfg(steps=4), device="cpu", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="another model config"):
+        other.fit(resume=True, progress=False)
+
+
+def test_resume_without_checkpoint_is_an_error(data, tokenizer, tmp_path):
+    trainer = Trainer(_model(tokenizer), tokenizer, data, _cfg(), device="cpu", out_dir=tmp_path / "empty")
+    with pytest.raises(ValueError, match="nothing to resume"):
+        trainer.fit(resume=True, progress=False)
+
+
+def test_logit_scale_is_clamped_after_each_step(data, tokenizer):
+    model = _model(tokenizer)
+    with torch.no_grad():
+        model.logit_scale.fill_(7.0)
+    trainer = Trainer(model, tokenizer, data, _cfg(steps=1, warmup_steps=0), device="cpu")
+    trainer.fit(progress=False)
+    assert model.logit_scale.item() <= math.log(100) + 1e-6
+
+
+def test_no_weight_decay_on_gains_biases_embeddings_and_scale(tokenizer):
+    model = _model(tokenizer)
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "logit_scale" not in decayed and "text.token_embed.weight" not in decayed
+    assert "vision.pos_embed" not in decayed and "vision.cls_token" not in decayed
+    assert not any(n.endswith(".bias") or ".ln_" in n for n in decayed)
+    assert "vision.transformer.blocks.0.attn.qkv.weight" in decayed and "text.proj" in decayed
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_warmup_then_cosine_schedule():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, warmup_steps=10, total_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # rising during warm-up
+    assert lrs[60] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 0.001  # cosine to zero
+
+
+def test_precision_choice():
+    assert resolve_precision("auto", torch.device("cpu")) == (None, False)
+    assert resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="fp16 training needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_bad_train_configs():
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        TrainConfig(steps=10, warmup_steps=10)
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        TrainConfig(steps=0)
+
+
+def test_tokenizer_must_fit_the_model(data, tokenizer):
+    small = _model(tokenizer, vocab_size=10)
+    with pytest.raises(ValueError, match=f"tokenizer has {tokenizer.vocab_size} words"):
+        Trainer(small, tokenizer, data, _cfg(), device="cpu")
+
+
+def test_hard_negatives_need_swapped_captions(data, tokenizer):
+    with pytest.raises(ValueError, match="needs data with swapped captions"):
+        Trainer(_model(tokenizer), tokenizer, data, _cfg(hard_negatives=True), device="cpu")
+
+
+def test_hard_negative_training_runs_on_two_object_scenes():
+    data = ShapesWorld(num_objects=2, seed=0).generate(128, "train")
+    tok = build_tokenizer(data)
+    trainer = Trainer(_model(tok, context_length=tok.context_length), tok, data,
+                      _cfg(steps=3, hard_negatives=True), device="cpu")
+    h = trainer.fit(progress=False)
+    assert len(h.loss) == 3 and all(math.isfinite(x) for x in h.loss)
+
+
+def test_mean_off_diagonal_cosine_matches_brute_force():
+    e = torch.nn.functional.normalize(torch.randn(9, 5), dim=-1)
+    sims = e @ e.t()
+    brute = (sims.sum() - sims.diagonal().sum()) / (9 * 8)
+    assert mean_off_diagonal_cosine(e) == pytest.approx(brute.item(), abs=1e-6)
+    assert mean_off_diagonal_cosine(torch.ones(4, 3) / 3**0.5) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_collapse_detection():
+    b = 128
+    assert looks_collapsed(math.log(b), 0.99, 0.2, b)
+    assert not looks_collapsed(math.log(b), 0.1, 0.1, b)  # near-chance loss but spread out: early training
+    assert not looks_collapsed(1.0, 0.99, 0.99, b)
+    h = History(batch_size=b, step=list(range(6)), loss=[math.log(b)] * 6, image_similarity=[0.98] * 6,
+                text_similarity=[0.97] * 6)
+    assert h.collapsed()
+    h.loss[-1] = 2.0
+    assert not h.collapsed()
+
+
+def test_train_or_load_loads_the_finished_run(tmp_path, tokenizer):
+    data = ShapesWorld(seed=0).generate(128, "train")
+    cfg = TrainConfig(steps=2, batch_size=32, warmup_steps=0)
+    first = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path, data=data, device="cpu", progress=False)
+    assert not first.loaded
+    second = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path, data=data, device="cpu", progress=False)
+    assert second.loaded and second.history.loss == first.history.loss
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
