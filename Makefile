@@ -18,13 +18,16 @@ lab: venv  ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
 
 test: venv  ## unit tests, then every notebook top to bottom (fast mode)
-	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks $(NBVAL)
+	CLIPEDU_FAST=1 $(PY) -m pytest tests notebooks $(NBVAL)
 
 test-unit: venv
-	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest tests
+	CLIPEDU_FAST=1 $(PY) -m pytest tests
 
 test-notebooks: venv
-	CLIPEDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest notebooks $(NBVAL)
+	CLIPEDU_FAST=1 $(PY) -m pytest notebooks $(NBVAL)
+
+student: venv  ## student versions (solutions replaced by stubs) in build/student/
+	$(PY) -m clipedu.course student
 
 bench: venv  ## speed and quality tables (never part of the tests)
 	$(PY) benchmarks/bench_model.py

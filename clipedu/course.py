@@ -1,0 +1,351 @@
+"""Course upkeep: Colab badges and install cells, clean notebooks, student versions.
+
+    python -m clipedu.course set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
+    python -m clipedu.course sync       # rewrite every badge, setup cell and the README's notebook map
+    python -m clipedu.course strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
+    python -m clipedu.course student    # build/student/: each solution replaced by a stub
+    python -m clipedu.course check      # list convention problems (the tests run this too)
+    python -m clipedu.course new 13_scaling_out.ipynb "Scaling out"   # a skeleton to fill in
+
+The repository's owner/name lives in one place, ``REPOSITORY`` below; ``set-repo`` rewrites it and
+everything generated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPOSITORY = "clipedu/clipedu"  # owner/name on GitHub; change with `python -m clipedu.course set-repo`
+BRANCH = "main"
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+CHECK_MARK = "NBVAL_CHECK_OUTPUT"
+BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+NAME_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+SETUP_FIRST_LINE = "# Setup: run this cell first."
+
+
+def colab_url(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    return f"https://colab.research.google.com/github/{repository}/blob/{branch}/notebooks/{notebook}"
+
+
+def badge(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook, repository, branch)})"
+
+
+def setup_cell_source(repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    """The first code cell of every notebook."""
+    return f'''{SETUP_FIRST_LINE}
+# On Colab it installs clipedu, pinning the torch, numpy and ipywidgets Colab already has (so
+# nothing is upgraded and no restart is needed). Everywhere it then picks the device, seeds every
+# random generator and reports fast or full mode (see notebook 00).
+import sys
+
+if "google.colab" in sys.modules:
+    import ipywidgets
+    import numpy
+    import torch
+
+    keep = f"torch=={{torch.__version__}} numpy=={{numpy.__version__}} ipywidgets=={{ipywidgets.__version__}}"
+    %pip install -q "clipedu @ git+https://github.com/{repository}@{branch}" {{keep}}
+
+from clipedu import runtime
+
+rt = runtime.setup()'''
+
+
+# --- reading and writing notebooks --------------------------------------------------------------
+def notebook_paths(folder: Path = NOTEBOOKS) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ipynb") if p.is_file())
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save(nb: dict, path: Path) -> None:
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def set_source(cell: dict, text: str) -> None:
+    lines = text.split("\n")
+    cell["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+
+
+def code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+# --- sync: badges, setup cells, README ----------------------------------------------------------
+_BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+
+
+def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str = BRANCH) -> dict:
+    first = nb["cells"][0]
+    if first["cell_type"] != "markdown":
+        raise ValueError(f"{name}: the first cell must be the markdown title cell")
+    text = source(first)
+    new_badge = badge(name, repository, branch)
+    text = _BADGE_RE.sub(new_badge, text) if _BADGE_RE.search(text) else new_badge + "\n\n" + text
+    set_source(first, text)
+    cells = code_cells(nb)
+    if not cells or not source(cells[0]).startswith(SETUP_FIRST_LINE):
+        raise ValueError(f"{name}: the first code cell must be the setup cell starting {SETUP_FIRST_LINE!r}")
+    set_source(cells[0], setup_cell_source(repository, branch))
+    return nb
+
+
+def title_of(nb: dict) -> str:
+    for line in source(nb["cells"][0]).splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return "(untitled)"
+
+
+def readme_table(paths: list[Path], repository: str = REPOSITORY, branch: str = BRANCH) -> str:
+    rows = ["| # | notebook | open |", "| --- | --- | --- |"]
+    for p in paths:
+        rows.append(
+            f"| {p.name[:2]} | [{title_of(load(p))}](notebooks/{p.name}) | {badge(p.name, repository, branch)} |"
+        )
+    return "\n".join(rows)
+
+
+def sync(repository: str = REPOSITORY, branch: str = BRANCH, root: Path = ROOT) -> None:
+    paths = notebook_paths(root / "notebooks")
+    for p in paths:
+        save(sync_notebook(load(p), p.name, repository, branch), p)
+    readme = root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{readme_table(paths, repository, branch)}\n{end}{tail}"
+        readme.write_text(text, encoding="utf-8")
+
+
+def set_repo(repository: str, branch: str = BRANCH, root: Path = ROOT, module_file: Path | None = None) -> None:
+    """Point the course at another GitHub repository: rewrite ``REPOSITORY`` here, then sync."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+", repository):
+        raise ValueError(f"expected OWNER/NAME, got {repository!r}")
+    this = Path(module_file or __file__)
+    text = this.read_text(encoding="utf-8")
+    text = re.sub(r'^REPOSITORY = "[^"]*"', f'REPOSITORY = "{repository}"', text, count=1, flags=re.M)
+    text = re.sub(r'^BRANCH = "[^"]*"', f'BRANCH = "{branch}"', text, count=1, flags=re.M)
+    this.write_text(text, encoding="utf-8")
+    sync(repository, branch, root)
+
+
+# --- new: a skeleton that already keeps every convention ------------------------------------------
+def new_notebook(name: str, title: str) -> dict:
+    """A notebook skeleton: title cell, setup cell, one section, two exercise cells, a summary."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"notebook names look like 07_zero_shot.ipynb, got {name!r}")
+    number = name[:2]
+
+    def md(text):
+        return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+    def code(text):
+        return {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": text}
+
+    exercise = (
+        f"from clipedu.exercises import nb{number}\n\n"
+        "def my_answer():\n    # BEGIN SOLUTION one-line instruction for the student\n    return 42\n"
+        f"    # END SOLUTION\n\nnb{number}.first.check(my_answer)  # .hint() for a nudge, .solution() for the answer"
+    )
+    cells = [
+        md(f"{badge(name)}\n\n# {number} · {title}\n\n**What you will learn**\n\n- ...\n- ...\n\n"
+           "**Runtime:** about ... s on a CPU in fast mode, about ... min on a Colab GPU in full mode.\n\n"
+           "**Builds on:** ... · **Next:** ..."),
+        code(setup_cell_source()),
+        md("## 1. ...\n\nA short paragraph, then a small cell and a result you can see."),
+        code("# (B, N, D)"),
+        md("### Your turn 1\n\nWhat to do, and what the checker will look at."),
+        code(exercise),
+        md("### Your turn 2\n\n..."),
+        code(exercise.replace("first", "second")),
+        md("## Summary\n\n- ...\n\n**Next:** ..."),
+    ]
+    return strip_notebook({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+# --- strip: what gets committed -----------------------------------------------------------------
+def strip_notebook(nb: dict) -> dict:
+    """Outputs only for checked cells, no execution counts, no widget state, kernel python3."""
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("execution", None)
+        if cell["cell_type"] != "code":
+            cell.pop("outputs", None)
+            cell.pop("execution_count", None)
+            continue
+        cell["execution_count"] = None
+        if CHECK_MARK in source(cell):
+            for out in cell.get("outputs", []):
+                if "execution_count" in out:
+                    out["execution_count"] = None
+                out.get("metadata", {}).clear()
+        else:
+            cell["outputs"] = []
+    meta = nb.setdefault("metadata", {})
+    meta.pop("widgets", None)
+    meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    meta["language_info"] = {"name": "python"}
+    meta.setdefault("colab", {"provenance": []})
+    meta["accelerator"] = "GPU"  # Colab opens the notebook with a GPU runtime selected
+    nb["nbformat"], nb["nbformat_minor"] = 4, 5
+    for i, cell in enumerate(nb["cells"]):
+        cell.setdefault("id", f"cell-{i}")
+    return nb
+
+
+# --- student versions ---------------------------------------------------------------------------
+def student_notebook(nb: dict) -> dict:
+    """Replace each BEGIN/END SOLUTION block by a stub; tag the cell ``raises-exception``."""
+    for cell in code_cells(nb):
+        text = source(cell)
+        if BEGIN not in text:
+            continue
+        out, inside = [], False
+        for line in text.split("\n"):
+            stripped = line.strip()
+            if stripped.startswith(BEGIN):
+                if inside:
+                    raise ValueError(f"nested {BEGIN!r} in cell:\n{text}")
+                inside = True
+                indent = line[: len(line) - len(line.lstrip())]
+                task = stripped[len(BEGIN):].strip(" :-") or "write your answer here"
+                out.append(f"{indent}# YOUR CODE HERE")
+                out.append(f"{indent}raise NotImplementedError({('Your turn: ' + task)!r})")
+            elif stripped.startswith(END):
+                if not inside:
+                    raise ValueError(f"{END!r} without {BEGIN!r} in cell:\n{text}")
+                inside = False
+            elif not inside:
+                out.append(line)
+        if inside:
+            raise ValueError(f"{BEGIN!r} without {END!r} in cell:\n{text}")
+        set_source(cell, "\n".join(out))
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "raises-exception" not in tags:
+            tags.append("raises-exception")
+        cell["outputs"] = []
+    return nb
+
+
+def build_student(out_dir: Path = ROOT / "build" / "student") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in notebook_paths():
+        target = out_dir / p.name
+        save(student_notebook(strip_notebook(load(p))), target)
+        written.append(target)
+    return written
+
+
+# --- conventions ----------------------------------------------------------------------------------
+def check_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str = BRANCH) -> list[str]:
+    problems = []
+    if not NAME_PATTERN.match(name):
+        problems.append("name is not NN_lower_snake.ipynb")
+    if nb.get("metadata", {}).get("kernelspec", {}).get("name") != "python3":
+        problems.append("kernelspec is not python3")
+    if "widgets" in nb.get("metadata", {}):
+        problems.append("saved widget state in metadata")
+    cells = nb.get("cells", [])
+    if not cells or cells[0]["cell_type"] != "markdown":
+        return problems + ["first cell is not the markdown title cell"]
+    title = source(cells[0])
+    if badge(name, repository, branch) not in title:
+        problems.append(f"title cell lacks the Colab badge for {repository}/notebooks/{name}")
+    for needed in ("What you will learn", "CPU", "GPU"):
+        if needed.lower() not in title.lower():
+            problems.append(f"title cell does not mention {needed!r}")
+    code = code_cells(nb)
+    if not code or source(code[0]) != setup_cell_source(repository, branch):
+        problems.append("first code cell is not the generated setup cell (run `python -m clipedu.course sync`)")
+    for i, cell in enumerate(code):
+        if cell.get("outputs") and CHECK_MARK not in source(cell):
+            problems.append(f"code cell {i} keeps outputs without {CHECK_MARK}")
+        if cell.get("execution_count") is not None:
+            problems.append(f"code cell {i} keeps an execution count")
+    exercises = sum(BEGIN in source(c) for c in code)
+    if exercises < 2:
+        problems.append(f"{exercises} exercises (BEGIN SOLUTION blocks); at least 2 expected")
+    last = cells[-1]
+    if last["cell_type"] != "markdown" or "summary" not in source(last).lower():
+        problems.append("last cell is not a markdown summary")
+    return problems
+
+
+def check_all(root: Path = ROOT) -> dict[str, list[str]]:
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    found = {}
+    for p in notebook_paths(root / "notebooks"):
+        problems = check_notebook(load(p), p.name)
+        if f"notebooks/{p.name}" not in readme:
+            problems.append("not listed in README.md (run `python -m clipedu.course sync`)")
+        if problems:
+            found[p.name] = problems
+    return found
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m clipedu.course", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("set-repo", help="point every badge and install cell at OWNER/NAME")
+    s.add_argument("repository")
+    s.add_argument("--branch", default=BRANCH)
+    sub.add_parser("sync", help="rewrite badges, setup cells and the README notebook map")
+    s = sub.add_parser("strip", help="strip outputs except checked cells")
+    s.add_argument("paths", nargs="*", type=Path)
+    s = sub.add_parser("student", help="write student versions")
+    s.add_argument("--out", type=Path, default=ROOT / "build" / "student")
+    sub.add_parser("check", help="list convention problems")
+    s = sub.add_parser("new", help="write a notebook skeleton that keeps every convention")
+    s.add_argument("name", help="e.g. 13_scaling_out.ipynb")
+    s.add_argument("title")
+    args = ap.parse_args(argv)
+
+    if args.command == "set-repo":
+        set_repo(args.repository, args.branch)
+        print(f"badges and install cells now point at {args.repository}@{args.branch}")
+    elif args.command == "sync":
+        sync()
+    elif args.command == "strip":
+        for p in args.paths or notebook_paths():
+            save(strip_notebook(load(p)), p)
+    elif args.command == "student":
+        for p in build_student(args.out):
+            print(p)
+    elif args.command == "new":
+        target = NOTEBOOKS / args.name
+        if target.exists():
+            print(f"{target} exists; not overwritten", file=sys.stderr)
+            return 1
+        save(new_notebook(args.name, args.title), target)
+        print(f"wrote {target}")
+    elif args.command == "check":
+        problems = check_all()
+        for name, items in problems.items():
+            for item in items:
+                print(f"{name}: {item}")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+""""Your turn" exercises: a checker, a hint and a worked solution for each.
+
+In a notebook::
+
+    from clipedu.exercises import nb01
+    nb01.patch_count.hint()          # a nudge
+    nb01.patch_count.check(answer)   # specific feedback: which shape, which value
+    nb01.patch_count.solution()      # the worked answer
+
+Each notebook's exercises live in their own module (``nb01``, ``nb02``, ...). An exercise knows a
+correct answer (``reference``) and the typical wrong ones (``mistakes``), so the tests can prove
+that every checker accepts the first and rejects each of the others with a specific message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Feedback:
+    """What :meth:`Exercise.check` found. Truthy when the answer is right."""
+
+    ok: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return ("Correct! " if self.ok else "Not yet: ") + self.message
+
+    def _repr_markdown_(self) -> str:
+        return ("**Correct!** " if self.ok else "**Not yet:** ") + self.message
+
+
+@dataclass
+class Exercise:
+    """One exercise.
+
+    ``checker(answer)`` returns None when the answer is right and otherwise a message saying what
+    is wrong. ``reference()`` builds a correct answer; each ``mistakes`` entry is
+    ``(build_wrong_answer, words_the_feedback_must_contain)``.
+    """
+
+    name: str
+    task: str
+    checker: Callable[[Any], str | None]
+    hint_text: str
+    solution_code: str
+    reference: Callable[[], Any]
+    mistakes: list[tuple[Callable[[], Any], str]] = field(default_factory=list)
+    success: str = "well done."
+
+    def check(self, answer) -> Feedback:
+        try:
+            problem = self.checker(answer)
+        except NotImplementedError:
+            problem = "the exercise is not filled in yet (replace the NotImplementedError with your code)."
+        except Exception as exc:  # the student's code raised: say what, not a traceback
+            problem = f"running your answer raised {type(exc).__name__}: {exc}"
+        feedback = Feedback(problem is None, self.success if problem is None else problem)
+        return feedback
+
+    def hint(self) -> None:
+        print(f"Hint ({self.name}): {self.hint_text}")
+
+    def solution(self) -> None:
+        print(textwrap.dedent(self.solution_code).strip())
+
+    def __repr__(self) -> str:
+        return f"Exercise({self.name!r}): {self.task}"
+
+
+# --- helpers for writing checkers ---------------------------------------------------------------
+def compare_tensors(name: str, got, expected: torch.Tensor, atol: float = 1e-5) -> str | None:
+    """None when ``got`` equals ``expected``; otherwise says how it differs (type, shape, values)."""
+    if not isinstance(got, torch.Tensor):
+        return f"{name} should be a torch.Tensor, got {type(got).__name__}."
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{name} should have shape {tuple(expected.shape)}, got {tuple(got.shape)}."
+    if got.dtype.is_floating_point != expected.dtype.is_floating_point:
+        return f"{name} should have dtype {expected.dtype}, got {got.dtype}."
+    diff = (got.double() - expected.double()).abs()
+    if not torch.all(diff <= atol):
+        where = tuple(int(i) for i in torch.nonzero(diff > atol)[0])
+        return (
+            f"{name} has the right shape but wrong values: at index {where} it is "
+            f"{got[where].item():.5g}, expected {expected[where].item():.5g} "
+            f"({int((diff > atol).sum())} of {diff.numel()} entries differ)."
+        )
+    return None
+
+
+def compare_numbers(name: str, got, expected: float, rel: float = 1e-4) -> str | None:
+    try:
+        value = float(got)
+    except (TypeError, ValueError):
+        return f"{name} should be a number, got {type(got).__name__}."
+    if abs(value - expected) > rel * max(1.0, abs(expected)):
+        return f"{name} should be {expected:.6g}, got {value:.6g}."
+    return None
+
+
+def all_exercises() -> list[Exercise]:
+    """Every exercise of every notebook module (the tests walk this list)."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [v for v in vars(module).values() if isinstance(v, Exercise)]
+    return found
