@@ -102,14 +102,18 @@ class History:
     def temperature(self) -> list[float]:
         return [math.exp(-s) for s in self.logit_scale]
 
-    def collapsed(self, window: int = 5) -> bool:
-        """True when the last logged steps look collapsed (see :func:`looks_collapsed`)."""
-        if len(self.loss) < window:
+    def collapsed(self, min_steps: int = 25) -> bool:
+        """True when every logged step of the last ``min_steps`` steps (at least three logs) looks
+        collapsed (see :func:`looks_collapsed`). A step or two at ln(B) is normal just after the
+        warm-up; a plateau that lasts is not."""
+        if not self.step:
+            return False
+        recent = [i for i, s in enumerate(self.step) if s > self.step[-1] - min_steps]
+        if len(recent) < 3 or self.step[-1] - self.step[recent[0]] < min_steps - max(1, min_steps // 5):
             return False
         return all(
-            looks_collapsed(loss, sim_i, sim_t, self.batch_size)
-            for loss, sim_i, sim_t in zip(self.loss[-window:], self.image_similarity[-window:],
-                                          self.text_similarity[-window:])
+            looks_collapsed(self.loss[i], self.image_similarity[i], self.text_similarity[i], self.batch_size)
+            for i in recent
         )
 
     def plot(self, **kwargs):
@@ -119,11 +123,15 @@ class History:
 
 
 def looks_collapsed(loss: float, image_similarity: float, text_similarity: float, batch_size: int) -> bool:
-    """Collapse: all embeddings of a tower nearly the same and the loss within 2% of ln(B)."""
+    """Collapse: the loss within 2% of ln(B) and, in *both* towers, all embeddings nearly the same.
+
+    (An untrained image tower already maps every picture to nearly one vector, so one tower alone
+    says little; the text tower following it there is the sign of collapse.)
+    """
     return (
         batch_size > 1
         and abs(loss - math.log(batch_size)) < 0.02 * math.log(batch_size)
-        and max(image_similarity, text_similarity) > 0.9
+        and min(image_similarity, text_similarity) > 0.9
     )
 
 
@@ -439,7 +447,7 @@ def collapse_message(history: History) -> str:
     return (
         f"training looks collapsed at step {history.step[-1]}: loss {history.loss[-1]:.3f} is "
         f"ln(batch) = {math.log(history.batch_size):.3f} and embeddings are all alike (mean cosine "
-        f"{max(history.image_similarity[-1], history.text_similarity[-1]):.2f}). Every caption scores "
+        f"{min(history.image_similarity[-1], history.text_similarity[-1]):.2f}). Every caption scores "
         "the same against every image, so the gradient says little about which pair matches. Use a "
         "longer warm-up, a lower learning rate, or a smaller initial logit_scale."
     )
