@@ -1,0 +1,224 @@
+"""Exercises of notebook 00: counting the data, counting parameters, finding the held-out pairs."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from clipedu.exercises import Exercise, compare_tensors
+
+
+@cache
+def _world_data(n: int, split: str, holdout: tuple | None = None):
+    from clipedu.data import ShapesWorld
+
+    world = ShapesWorld(seed=7) if holdout is None else ShapesWorld(seed=7, holdout=holdout)
+    return world, world.generate(n, split)
+
+
+# --- 1. images per class of an attribute ------------------------------------------------------------
+def _count_cases():
+    _, data = _world_data(400, "train")
+    no_hearts = data.subset(data.labels["shape"] != data.class_names["shape"].index("heart"))
+    return [(data, "colour", "the train split"), (data, "position", "the train split"),
+            (no_hearts, "shape", "a set without a single heart")]
+
+
+def _check_count_images(count_images) -> str | None:
+    for data, attribute, where in _count_cases():
+        names = data.class_names[attribute]
+        expected = torch.bincount(data.labels[attribute], minlength=len(names))  # (classes,)
+        got = count_images(data, attribute)
+        if isinstance(got, torch.Tensor) and got.dim() == 1 and len(got) < len(names):
+            return (
+                f"count_images(data, {attribute!r}) on {where} should have shape ({len(names)},), one count "
+                f"per class, got {tuple(got.shape)}: a class with no images must still get a 0 "
+                "(torch.bincount's minlength)."
+            )
+        if isinstance(got, torch.Tensor) and got.numel() == len(names) and int(got.sum()) != len(data):
+            total = int(got.sum())
+            if total == sum(len(c) for c in data.captions):
+                return (
+                    f"your counts for {attribute!r} add up to {total}, but there are {len(data)} images: "
+                    "count each image once, not each caption."
+                )
+            return f"your counts for {attribute!r} add up to {total}, but there are {len(data)} images."
+        problem = compare_tensors(f"count_images(data, {attribute!r}) on {where}", got, expected, atol=0)
+        if problem:
+            return problem
+    return None
+
+
+def _count_reference():
+    return lambda data, attribute: torch.bincount(
+        data.labels[attribute], minlength=len(data.class_names[attribute])
+    )
+
+
+count_images = Exercise(
+    name="count_images",
+    task="count_images(data, attribute) -> LongTensor (classes,): how many images show each class",
+    checker=_check_count_images,
+    hint_text="data.labels[attribute] holds one class index per image; torch.bincount counts them. "
+    "How many classes there are is len(data.class_names[attribute]), even if one never occurs.",
+    solution_code="""
+    def count_images(data, attribute):
+        labels = data.labels[attribute]                      # (N,) class index per image
+        classes = len(data.class_names[attribute])
+        return torch.bincount(labels, minlength=classes)     # (classes,)
+    """,
+    reference=_count_reference,
+    mistakes=[
+        (lambda: lambda data, attribute: torch.bincount(data.labels[attribute]), "minlength"),
+        (
+            lambda: lambda data, attribute: torch.bincount(
+                data.labels[attribute].repeat_interleave(len(data.captions[0])),
+                minlength=len(data.class_names[attribute]),
+            ),
+            "not each caption",
+        ),
+        (lambda: lambda data, attribute: data.labels[attribute].tolist(), "torch.Tensor"),
+    ],
+)
+
+
+# --- 2. parameters of one transformer block -----------------------------------------------------
+def _block_reference_count(width: int, mlp_ratio: float) -> int:
+    from clipedu.transformer import ResidualBlock
+
+    return sum(p.numel() for p in ResidualBlock(width, 1, mlp_ratio).parameters())
+
+
+def _check_block_parameters(block_parameters) -> str | None:
+    for width, ratio in ((128, 4.0), (768, 4.0), (64, 2.0)):
+        expected = _block_reference_count(width, ratio)
+        got = block_parameters(width, ratio)
+        if isinstance(got, torch.Tensor):
+            got = got.item()
+        if not isinstance(got, (int, float)):
+            return f"block_parameters({width}, {ratio}) should return a number, got {type(got).__name__}."
+        if got == expected:
+            continue
+        hidden = int(width * ratio)
+        missing = expected - got
+        why = {
+            5 * width + hidden: "you left out the biases (qkv has 3w, out_proj w, fc1 the hidden size, fc2 w)",
+            4 * width: "you left out the two LayerNorms (each has a weight and a bias of size w)",
+            2 * width: "you counted one LayerNorm; a block has two (ln_1 before attention, ln_2 before the MLP)",
+            2 * width * width + 2 * width: "queries, keys and values each need their own w x w matrix (and bias)",
+        }.get(missing)
+        message = f"for width {width} and mlp_ratio {ratio} a block has {expected:,} parameters, you said {got:,}"
+        return message + (f": {why}." if why else f" (off by {missing:,}).")
+    return None
+
+
+block_parameters = Exercise(
+    name="block_parameters",
+    task="block_parameters(width, mlp_ratio) -> int: parameters of one pre-LN transformer block",
+    checker=_check_block_parameters,
+    hint_text="A block is ln_1, attention (qkv: a width -> 3*width linear layer, out_proj: width -> width), "
+    "ln_2 and an MLP (width -> hidden -> width, hidden = width * mlp_ratio). A linear layer a -> b has "
+    "a*b weights and b biases; a LayerNorm of width w has w weights and w biases.",
+    solution_code="""
+    def block_parameters(width, mlp_ratio=4.0):
+        w, hidden = width, int(width * mlp_ratio)
+        layer_norms = 2 * (2 * w)                      # ln_1 and ln_2: weight and bias each
+        attention = (w * 3 * w + 3 * w) + (w * w + w)  # qkv and out_proj
+        mlp = (w * hidden + hidden) + (hidden * w + w) # fc1 and fc2
+        return layer_norms + attention + mlp           # 12 w^2 + 13 w when mlp_ratio = 4
+    """,
+    reference=lambda: lambda width, mlp_ratio=4.0: _block_reference_count(width, mlp_ratio),
+    mistakes=[
+        (lambda: lambda w, r=4.0: 3 * w * w + w * w + 2 * w * int(w * r) + 4 * w, "biases"),
+        (lambda: lambda w, r=4.0: _block_reference_count(w, r) - 4 * w, "two LayerNorms"),
+        (lambda: lambda w, r=4.0: _block_reference_count(w, r) - 2 * w * w - 2 * w, "their own w x w"),
+        (lambda: lambda w, r=4.0: 12 * w * w, "off by"),
+    ],
+)
+
+
+# --- 3. the held-out pairs ------------------------------------------------------------------------
+_CUSTOM_HOLDOUT = (("red", "circle"), ("blue", "star"), ("pink", "square"))
+
+
+def _as_pair_set(got) -> set:
+    if isinstance(got, dict):
+        raise TypeError("a dict")
+    return {tuple(p) for p in got}
+
+
+def _check_missing_pairs(missing_pairs) -> str | None:
+    for holdout in (None, _CUSTOM_HOLDOUT):
+        world, data = _world_data(3000, "train", holdout)
+        expected = set(world.heldout_pairs)
+        got = missing_pairs(data)
+        try:
+            pairs = _as_pair_set(got)
+        except TypeError:
+            return f"missing_pairs should return a set (or list) of (colour, shape) tuples, got {type(got).__name__}."
+        if pairs == expected:
+            continue
+        if pairs and all(isinstance(v, int) for p in pairs for v in p):
+            return "return the pairs as names, ('red', 'triangle'), not class indices."
+        if {(b, a) for a, b in pairs} == expected:
+            return "your pairs are (shape, colour); write them (colour, shape), e.g. ('red', 'triangle')."
+        if holdout is not None and pairs == set(type(world).DEFAULT_HOLDOUT):
+            return (f"this world holds out {sorted(expected)}, but you returned the default pairs: compute "
+                    "them from the labels, don't copy DEFAULT_HOLDOUT.")
+        present = {(data.class_names["colour"][c], data.class_names["shape"][s])
+                   for c, s in zip(data.labels["colour"].tolist(), data.labels["shape"].tolist())}
+        if pairs and pairs <= present:
+            return (f"you returned {len(pairs)} pairs that do occur in the data; the task asks for the pairs "
+                    "that never do.")
+        extra, lacking = sorted(pairs - expected), sorted(expected - pairs)
+        return (f"expected the {len(expected)} pairs {sorted(expected)}; you have {len(extra)} too many "
+                f"{extra[:4]} and lack {lacking[:4]}.")
+    return None
+
+
+def _missing_pairs_reference(data):
+    colours, shapes = data.class_names["colour"], data.class_names["shape"]
+    seen = set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist()))
+    return {(colours[c], shapes[s]) for c in range(len(colours)) for s in range(len(shapes)) if (c, s) not in seen}
+
+
+missing_pairs = Exercise(
+    name="missing_pairs",
+    task="missing_pairs(data) -> set of (colour, shape) names that never occur together in data",
+    checker=_check_missing_pairs,
+    hint_text="zip(data.labels['colour'].tolist(), data.labels['shape'].tolist()) gives each image's "
+    "(colour, shape) indices; put them in a set and loop over all 8 x 8 combinations.",
+    solution_code="""
+    def missing_pairs(data):
+        colours, shapes = data.class_names["colour"], data.class_names["shape"]
+        seen = set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist()))
+        return {(colours[c], shapes[s])
+                for c in range(len(colours)) for s in range(len(shapes)) if (c, s) not in seen}
+    """,
+    reference=lambda: _missing_pairs_reference,
+    mistakes=[
+        (lambda: lambda data: {(s, c) for c, s in _missing_pairs_reference(data)}, "(shape, colour)"),
+        (
+            lambda: lambda data: {
+                (data.class_names["colour"].index(c), data.class_names["shape"].index(s))
+                for c, s in _missing_pairs_reference(data)
+            },
+            "not class indices",
+        ),
+        (
+            lambda: lambda data: {
+                (data.class_names["colour"][c], data.class_names["shape"][s])
+                for c, s in zip(data.labels["colour"].tolist(), data.labels["shape"].tolist())
+            },
+            "never do",
+        ),
+        (lambda: lambda data: set(_default_holdout()), "from the labels"),
+    ],
+)
+
+
+def _default_holdout():
+    from clipedu.data import ShapesWorld
+
+    return ShapesWorld.DEFAULT_HOLDOUT
