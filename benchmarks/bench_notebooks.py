@@ -1,0 +1,86 @@
+"""Run every notebook top to bottom on a fresh kernel and print how long each took.
+
+    python benchmarks/bench_notebooks.py                 # fast mode (what CI runs), all notebooks
+    python benchmarks/bench_notebooks.py --full          # full mode (for a GPU)
+    python benchmarks/bench_notebooks.py 06 07           # only these numbers
+
+Targets: fast mode on a CPU <= 60 s for 00-05, <= 90 s for 06-10, <= 120 s for 11-12; full mode
+on a Colab-class GPU <= 10 min each. Notebooks that train reuse notebook 06's checkpoint when it is
+there (train-or-load), so run the whole series in order, as CI does, for the figures that matter;
+``--fresh`` points the runs folder at an empty temporary one first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
+
+
+def target_seconds(name: str, full: bool) -> int:
+    if full:
+        return 600
+    number = int(name[:2])
+    return 60 if number <= 5 else 90 if number <= 10 else 120
+
+
+def run_notebook(path: Path, timeout: int) -> tuple[float, str]:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+        status = "ok"
+    except Exception as exc:  # report and go on with the next notebook
+        status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    return time.perf_counter() - start, status
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("numbers", nargs="*", help="two-digit notebook numbers (default: all)")
+    ap.add_argument("--full", action="store_true", help="full mode instead of fast mode")
+    ap.add_argument("--fresh", action="store_true", help="start from an empty runs folder (no saved checkpoints)")
+    ap.add_argument("--timeout", type=int, default=1200, help="per-cell timeout in seconds")
+    args = ap.parse_args(argv)
+
+    os.environ["CLIPEDU_FAST"] = "0" if args.full else "1"
+    if args.fresh:
+        os.environ["CLIPEDU_RUNS"] = tempfile.mkdtemp(prefix="clipedu-runs-")
+    paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if args.numbers:
+        paths = [p for p in paths if p.name[:2] in args.numbers]
+
+    import torch
+
+    print(describe_machine("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"mode: {'full' if args.full else 'fast'} | runs folder: {os.environ.get('CLIPEDU_RUNS', 'default')}\n")
+    print("| notebook | seconds | target | status |")
+    print("| --- | ---: | ---: | --- |")
+    failures = 0
+    total = 0.0
+    for path in paths:
+        seconds, status = run_notebook(path, args.timeout)
+        total += seconds
+        target = target_seconds(path.name, args.full)
+        if status == "ok" and seconds > target:
+            status = "ok, over target"
+        failures += not status.startswith("ok")
+        print(f"| {path.name} | {seconds:.0f} | {target} | {status} |", flush=True)
+    print(f"\ntotal: {total:.0f} s for {len(paths)} notebooks")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
