@@ -108,9 +108,10 @@ def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str
 
 
 def title_of(nb: dict) -> str:
+    """The title line without its number: "# 03 · The Vision Transformer" -> "The Vision Transformer"."""
     for line in source(nb["cells"][0]).splitlines():
         if line.startswith("# "):
-            return line[2:].strip()
+            return re.sub(r"^\d\d\s*[·:.-]\s*", "", line[2:].strip())
     return "(untitled)"
 
 

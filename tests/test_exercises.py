@@ -1,0 +1,48 @@
+"""Every checker accepts a correct answer and rejects each typical mistake with a specific message."""
+
+import pytest
+
+from clipedu.exercises import Exercise, Feedback, all_exercises
+
+EXERCISES = all_exercises()
+
+
+def test_exercises_exist():
+    assert len(EXERCISES) >= 2
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
+def test_checker_accepts_the_reference(exercise):
+    feedback = exercise.check(exercise.reference())
+    assert feedback.ok, feedback.message
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
+def test_checker_rejects_typical_mistakes(exercise):
+    assert exercise.mistakes, f"{exercise.name} lists no typical mistake to reject"
+    for make_wrong, expected in exercise.mistakes:
+        feedback = exercise.check(make_wrong())
+        assert not feedback.ok, f"{exercise.name} accepted a wrong answer"
+        assert expected in feedback.message, f"{exercise.name}: {feedback.message!r} lacks {expected!r}"
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
+def test_hint_and_solution_print_something(exercise, capsys):
+    exercise.hint()
+    exercise.solution()
+    out = capsys.readouterr().out
+    assert "Hint" in out and len(out) > 40
+
+
+def test_unfinished_and_crashing_answers_get_feedback_not_tracebacks():
+    def checker(answer):
+        return None if answer() == 2 else "expected 2"
+
+    ex = Exercise("demo", "return 2", checker, "add one and one", "return 1 + 1", lambda: lambda: 2)
+
+    def unfinished():
+        raise NotImplementedError
+
+    assert "not filled in yet" in ex.check(unfinished).message
+    assert "raised ZeroDivisionError" in ex.check(lambda: 1 / 0).message
+    assert isinstance(ex.check(lambda: 2), Feedback) and ex.check(lambda: 2)
