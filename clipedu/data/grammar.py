@@ -159,3 +159,43 @@ def pair_caption(
     else:
         raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
     return frame.format(X=x, Y=y), frame.format(X=y, Y=x)
+
+
+# --- reading a caption back ---------------------------------------------------------------------
+_SYNONYM_OF = {
+    attribute: {word: value for value, words in table.items() for word in words}
+    for attribute, table in (("colour", COLOUR_WORDS), ("shape", SHAPE_WORDS), ("size", SIZE_WORDS))
+}
+_ROW_OF = {word: row for row, words in enumerate(ROW_WORDS) for word in words}
+_COLUMN_OF = {word: col for col, words in enumerate(COLUMN_WORDS) for word in words}
+
+
+def parse_caption(text: str) -> dict[str, str | None]:
+    """The colour, shape, size and position a one-object caption names, read with the tables above.
+
+    >>> parse_caption("top-left: a big crimson disc")
+    {'colour': 'red', 'shape': 'circle', 'size': 'large', 'position': 'top left'}
+
+    Each value is the attribute's canonical name (``COLOURS``, ``SIZES``, ``POSITIONS``, the shape
+    names), or None when the caption names none, or names two that disagree ("a red blue circle"),
+    so a model's caption counts as right only when it says one thing and that thing is true. A
+    position needs at least one place word ("top", "left", "middle", ...); "top" alone is the top
+    centre, "left" alone the centre left. Written for one-object captions: in two-object captions
+    "left of" is a relation, not a place.
+    """
+    from clipedu.tokenizer import split_words
+
+    words = split_words(text)
+    found: dict[str, str | None] = {}
+    for attribute, synonym_of in _SYNONYM_OF.items():
+        named = {synonym_of[w] for w in words if w in synonym_of}
+        found[attribute] = named.pop() if len(named) == 1 else None
+    rows = {_ROW_OF[w] for w in words if w in _ROW_OF}
+    cols = {_COLUMN_OF[w] for w in words if w in _COLUMN_OF}
+    says_middle = any(w in MIDDLE_WORDS for w in words)
+    if len(rows) > 1 or len(cols) > 1 or not (rows or cols or says_middle):
+        found["position"] = None
+    else:
+        row, col = (rows.pop() if rows else 1), (cols.pop() if cols else 1)
+        found["position"] = POSITIONS[3 * row + col]
+    return found

@@ -1,0 +1,238 @@
+"""The Q-Former: a small transformer that asks a frozen image encoder a fixed number of questions.
+
+    learned queries (Q, D) ----+                 text tokens (B, T) -> token + position embedding
+                               |                                         |
+            [ q_1 ... q_Q | t_1 ... t_T ]   one self-attention over both, masked per objective
+                   |                |
+      cross-attention to the        |        (queries only, every other layer)
+      frozen image tokens           |
+                   |                |
+      query feed-forward     text feed-forward      (separate weights for the two kinds of token)
+
+The queries are parameters, the same for every image, with no position embedding (they are a set,
+not a sequence). Only they see the image, through cross-attention; the text sees the image only
+through them, and only when the mask lets it look at them (see :mod:`clipedu.blip2.masks`). Their
+outputs, Q vectors per image whatever the image's size, are what the rest of BLIP-2 reads.
+
+BLIP-2 initialises its Q-Former from BERT-base (post-LN, 12 layers, 32 queries of width 768);
+ours starts from random weights, uses the course's pre-LN blocks (each sub-layer normalises its
+input; stable when training from scratch) and is small enough to train on a laptop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipedu.attention import MultiHeadAttention, scaled_dot_product_attention
+from clipedu.blip2.masks import objective_mask, with_text_padding
+from clipedu.transformer import MLP
+
+
+@dataclass(frozen=True)
+class QFormerConfig:
+    vocab_size: int  # the course tokenizer's; the Q-Former adds one token, [DEC], with id vocab_size
+    image_width: int = 128  # width of the frozen encoder's tokens
+    num_queries: int = 8  # BLIP-2: 32
+    width: int = 128  # BLIP-2: 768 (BERT-base)
+    layers: int = 4  # BLIP-2: 12
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    cross_attention_every: int = 2  # cross-attention in layers 0, 2, 4, ... (BLIP-2: every other layer)
+    context_length: int = 24  # longest text, in tokens
+    embed_dim: int = 64  # the ITC space (BLIP-2: 256)
+    pad_token_id: int = 0
+    eot_token_id: int = 2
+    init_logit_scale: float = math.log(1 / 0.07)  # ITC's learnable temperature starts at 0.07, as CLIP's
+    max_logit_scale: float = math.log(100.0)  # and is clamped to stay above 0.01
+    itc_label_smoothing: float = 0.1  # as BLIP-2's released training code
+
+    def __post_init__(self):
+        for name in ("vocab_size", "image_width", "width", "layers", "heads", "cross_attention_every",
+                     "context_length", "embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"QFormerConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.num_queries, int) or isinstance(self.num_queries, bool) or self.num_queries < 1:
+            raise ValueError(
+                f"num_queries must be a positive int, got {self.num_queries!r}: the queries are the "
+                "only path from the image to the text, so the Q-Former needs at least one"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"Q-Former width ({self.width}) must be divisible by heads ({self.heads})")
+        for name in ("pad_token_id", "eot_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} must be in [0, {self.vocab_size}), got {getattr(self, name)}")
+
+    @property
+    def dec_token_id(self) -> int:
+        """The [DEC] token that replaces a caption's first token for image-grounded generation."""
+        return self.vocab_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from ``x`` (the queries) to ``context`` (the image tokens).
+
+    Queries come from ``x`` (width ``width``); keys and values from ``context``, whose width
+    (``context_width``, the frozen encoder's) may differ. No mask: every query sees every image token.
+    """
+
+    def __init__(self, width: int, context_width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.width, self.heads, self.head_dim = width, heads, width // heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context_width, 2 * width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, Q, D), context: (B, N, C) -> (B, Q, D), and weights (B, H, Q, N) when asked for."""
+        b, nq, d = x.shape
+        n = context.shape[1]
+        q = self.q(x).view(b, nq, self.heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D/H)
+        k, v = self.kv(context).view(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v)  # (B, H, Q, D/H), (B, H, Q, N)
+        else:
+            out, weights = F.scaled_dot_product_attention(q, k, v), None
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, d)), weights
+
+
+class QFormerLayer(nn.Module):
+    """Shared self-attention; cross-attention for the queries (in some layers); two feed-forwards."""
+
+    def __init__(self, cfg: QFormerConfig, cross_attention: bool):
+        super().__init__()
+        d = cfg.width
+        self.ln_self = nn.LayerNorm(d)
+        self.self_attn = MultiHeadAttention(d, cfg.heads)  # one set of weights for queries and text
+        self.ln_cross = nn.LayerNorm(d) if cross_attention else None
+        self.cross_attn = CrossAttention(d, cfg.image_width, cfg.heads) if cross_attention else None
+        self.ln_query_mlp, self.query_mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio)
+        self.ln_text_mlp, self.text_mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio)
+
+    def forward(self, x, num_queries, image_embeds, mask, need_weights=False):
+        """x: (B, Q+T, D) -> (B, Q+T, D), self-attention weights (B, H, Q+T, Q+T), cross (B, H, Q, N)."""
+        attended, self_weights = self.self_attn(self.ln_self(x), mask=mask, need_weights=need_weights)
+        x = x + attended
+        q, t = x[:, :num_queries], x[:, num_queries:]  # (B, Q, D), (B, T, D)
+        cross_weights = None
+        if self.cross_attn is not None and num_queries:
+            seen, cross_weights = self.cross_attn(self.ln_cross(q), image_embeds, need_weights)
+            q = q + seen
+        q = q + self.query_mlp(self.ln_query_mlp(q))
+        t = t + self.text_mlp(self.ln_text_mlp(t))
+        return torch.cat([q, t], dim=1), self_weights, cross_weights
+
+
+class QFormerOutput(NamedTuple):
+    query_output: torch.Tensor | None  # (B, Q, D), None in a text-only pass
+    text_output: torch.Tensor | None  # (B, T, D), None in a queries-only pass
+    attentions: list[torch.Tensor] | None = None  # per layer (B, H, Q+T, Q+T), when asked for
+    cross_attentions: list[torch.Tensor] | None = None  # per cross-attention layer (B, H, Q, N)
+
+
+class QFormer(nn.Module):
+    """Learned queries and a text transformer sharing self-attention; see the module docstring."""
+
+    def __init__(self, cfg: QFormerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.query_tokens = nn.Parameter(torch.randn(cfg.num_queries, d) * 0.02)  # (Q, D), no positions
+        self.token_embed = nn.Embedding(cfg.vocab_size + 1, d)  # + [DEC]
+        self.pos_embed = nn.Parameter(torch.randn(cfg.context_length, d) * 0.01)  # (T, D): text only
+        self.layers = nn.ModuleList(
+            QFormerLayer(cfg, cross_attention=i % cfg.cross_attention_every == 0) for i in range(cfg.layers)
+        )
+        self.ln_final = nn.LayerNorm(d)
+        self.apply(_init_weights)
+
+    @property
+    def num_queries(self) -> int:
+        return self.cfg.num_queries
+
+    def check_image_embeds(self, image_embeds: torch.Tensor) -> None:
+        if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3:
+            got = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
+            raise ValueError(f"expected image tokens of shape (B, N, {self.cfg.image_width}), got {got}")
+        if image_embeds.shape[-1] != self.cfg.image_width:
+            raise ValueError(
+                f"expected image tokens of width {self.cfg.image_width} (the frozen encoder's), got "
+                f"{image_embeds.shape[-1]}; build the QFormerConfig with image_width={image_embeds.shape[-1]}"
+            )
+        if image_embeds.shape[0] == 0 or image_embeds.shape[1] == 0:
+            raise ValueError(f"expected at least one image and one token, got shape {tuple(image_embeds.shape)}")
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32):
+            got = (tuple(tokens.shape), tokens.dtype) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"expected token ids of shape (B, T) and dtype long, got {got}")
+        if tokens.shape[1] > self.cfg.context_length:
+            raise ValueError(f"text of {tokens.shape[1]} tokens is longer than the context {self.cfg.context_length}")
+        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) <= self.cfg.dec_token_id):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.dec_token_id}], got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+    def forward(
+        self,
+        image_embeds: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        mask: str = "bidirectional",
+        need_weights: bool = False,
+    ) -> QFormerOutput:
+        """Run the queries (when ``image_embeds`` (B, N, C) is given) and/or the text ``tokens``
+        (B, T) through the Q-Former with one of the objective masks ("unimodal",
+        "bidirectional", "multimodal_causal"; it only matters when both are there)."""
+        if image_embeds is None and tokens is None:
+            raise ValueError("give image tokens, text tokens or both")
+        parts = []
+        if image_embeds is not None:
+            self.check_image_embeds(image_embeds)
+            b = image_embeds.shape[0]
+            parts.append(self.query_tokens.to(image_embeds.dtype).expand(b, -1, -1))  # (B, Q, D)
+        if tokens is not None:
+            self.check_tokens(tokens)
+            if image_embeds is not None and tokens.shape[0] != image_embeds.shape[0]:
+                raise ValueError(f"got {image_embeds.shape[0]} images but {tokens.shape[0]} texts; they pair up")
+            parts.append(self.token_embed(tokens) + self.pos_embed[: tokens.shape[1]])  # (B, T, D)
+        num_queries = self.num_queries if image_embeds is not None else 0
+        text_length = tokens.shape[1] if tokens is not None else 0
+        x = torch.cat(parts, dim=1)  # (B, Q+T, D)
+        attn_mask = objective_mask(mask, num_queries, text_length, x.device)  # (Q+T, Q+T)
+        if tokens is not None:
+            attn_mask = with_text_padding(attn_mask, tokens != self.cfg.pad_token_id)  # (B, 1, Q+T, Q+T)
+        attentions, cross = [], []
+        for layer in self.layers:
+            x, self_weights, cross_weights = layer(x, num_queries, image_embeds, attn_mask, need_weights)
+            attentions.append(self_weights)
+            if cross_weights is not None:
+                cross.append(cross_weights)
+        x = self.ln_final(x)
+        return QFormerOutput(
+            query_output=x[:, :num_queries] if num_queries else None,
+            text_output=x[:, num_queries:] if text_length else None,
+            attentions=attentions if need_weights else None,
+            cross_attentions=cross if need_weights else None,
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    """BERT's initialisation (normal, std 0.02), which BLIP-2's Q-Former inherits."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

@@ -1,0 +1,241 @@
+"""Training BLIP-2's pieces: the tiny LM on captions, then stage 1, then stage 2.
+
+Every stage is the same loop (AdamW on the trainable parameters only, warm-up then cosine decay,
+gradient clipping, mixed precision where the hardware has it) around a different loss, so there
+is one :func:`fit` and three small functions that say what a step computes.
+
+The image encoder is frozen, so its tokens for the whole dataset are computed once
+(:func:`encode_dataset`) and each step reads its batch from that table: training the Q-Former
+then costs nothing for the encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from clipedu.blip2.captioning import Blip2Captioner
+from clipedu.blip2.frozen import FrozenImageEncoder
+from clipedu.blip2.language_model import TinyLM, caption_labels, lm_loss, pretraining_offsets
+from clipedu.blip2.objectives import Blip2Stage1, duplicate_caption_positives, positives_from_keys
+from clipedu.data import CaptionedImages, DeviceLoader, to_float
+from clipedu.train import TrainingDiverged, make_scheduler, parameter_groups, resolve_precision
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # BLIP-2's
+    warmup_steps: int | None = None  # None: the first 10% of the steps
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    precision: str = "auto"  # as clipedu.train: bf16/fp16 on GPUs, fp32 on the CPU
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.warmup_steps is None:
+            self.warmup_steps = self.steps // 10
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}")
+
+
+@dataclass
+class StageHistory:
+    """The losses logged during one stage: ``losses["loss"]``, and e.g. ``losses["itc"]`` ..."""
+
+    name: str = ""
+    step: list[int] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def last(self, key: str = "loss") -> float:
+        return self.losses[key][-1]
+
+    def plot(self, ax=None, **kwargs):
+        from clipedu.viz.blip2_plots import plot_stage_history
+
+        return plot_stage_history(self, ax=ax, **kwargs)
+
+
+def fit(
+    model: nn.Module,
+    step_losses: Callable[[int], dict[str, torch.Tensor]],
+    cfg: StageConfig,
+    device: torch.device,
+    name: str = "training",
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> StageHistory:
+    """Optimise the parameters of ``model`` that require gradients for ``cfg.steps`` steps.
+
+    ``step_losses(step)`` computes a batch's losses as a dict whose ``"loss"`` is minimised.
+    """
+    from tqdm.auto import tqdm
+
+    params = parameter_groups(model, cfg.weight_decay)  # trainable parameters only
+    if not any(group["params"] for group in params):
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
+    amp_dtype, use_scaler = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    trainable = [p for group in params for p in group["params"]]
+    history = StageHistory(name=name)
+    start = time.perf_counter()
+    model.train()
+    with tqdm(range(cfg.steps), desc=name, disable=not progress, unit="step") as bar:
+        for step in bar:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = step_losses(step)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"{name}: the loss became {loss.item()} at step {step + 1}; lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
+            if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == cfg.steps:
+                history.step.append(step + 1)
+                for key, value in losses.items():
+                    history.losses.setdefault(key, []).append(float(value.detach()))
+                bar.set_postfix(loss=f"{history.losses['loss'][-1]:.3f}")
+    history.seconds = time.perf_counter() - start
+    model.eval()
+    return history
+
+
+# --- the data every stage reads -------------------------------------------------------------------------
+@torch.no_grad()
+def encode_dataset(encoder: FrozenImageEncoder, data: CaptionedImages, batch_size: int = 500) -> torch.Tensor:
+    """The frozen encoder's tokens for every image, (N, N_tok, C), on the encoder's device."""
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        out.append(encoder(to_float(data.images[start : start + batch_size].to(device))))
+    return torch.cat(out)
+
+
+def attribute_keys(data: CaptionedImages) -> torch.Tensor:
+    """(N,) one id per distinct description: images with the same labels (ShapesWorld: shape,
+    colour, size and position) get the same id, so a caption of one is true of the other. Data
+    without labels falls back to the first caption's text."""
+    if not data.labels:
+        index: dict[str, int] = {}
+        return torch.tensor([index.setdefault(caps[0], len(index)) for caps in data.captions])
+    keys = torch.zeros(len(data), dtype=torch.long)
+    for name in sorted(data.labels):
+        size = len(data.class_names.get(name, [])) or int(data.labels[name].max()) + 1
+        keys = keys * size + data.labels[name].cpu()
+    return keys
+
+
+def trim_padding(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Drop the columns that are padding in every row: (B, L) -> (B, longest). Padding changes no
+    real token's output (it is masked, or comes after it under a causal mask), so this only saves time."""
+    longest = int((tokens != pad_token_id).sum(dim=1).max())
+    return tokens[:, :longest]
+
+
+def _loader(data, tokenizer, context_length, batch_size, device, seed) -> DeviceLoader:
+    tokenize = lambda texts: tokenizer(texts, context_length=context_length, truncate=True)  # noqa: E731
+    return DeviceLoader(data, tokenize, batch_size=batch_size, device=device, shuffle=True, seed=seed)
+
+
+def _check_features(features: torch.Tensor, data: CaptionedImages) -> None:
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or features.shape[0] != len(data):
+        got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"expected the encoder's tokens for all {len(data)} images, (N, N_tok, C); got {got}")
+
+
+# --- the three stages -------------------------------------------------------------------------------------
+def pretrain_language_model(
+    lm: TinyLM, tokenizer, texts: list[str], cfg: StageConfig, device=None, progress: bool = True,
+    context_length: int | None = None,
+) -> StageHistory:
+    """Train the tiny LM on caption text alone, each caption starting at a random position."""
+    device = torch.device(device) if device is not None else next(lm.parameters()).device
+    lm.to(device)
+    context_length = context_length or tokenizer.context_length
+    tokens = tokenizer(list(texts), context_length=context_length, truncate=True).to(device)  # (M, L)
+    max_offset = lm.cfg.max_positions - context_length
+    if max_offset < 0:
+        raise ValueError(f"the LM's {lm.cfg.max_positions} positions cannot hold {context_length} tokens")
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step_losses(step):
+        rows = torch.randint(len(tokens), (cfg.batch_size,), generator=gen).to(device)
+        batch = trim_padding(tokens[rows], lm.cfg.pad_token_id)
+        offset = pretraining_offsets(cfg.batch_size, max_offset, gen, device)
+        logits = lm(batch, position_offset=offset)
+        return {"loss": lm_loss(logits, caption_labels(batch, lm.cfg.pad_token_id))}
+
+    return fit(lm, step_losses, cfg, device, name="language model", progress=progress)
+
+
+def train_stage1(
+    model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer, cfg: StageConfig,
+    device=None, progress: bool = True,
+) -> StageHistory:
+    """Stage 1: ITC + ITM + ITG on (frozen image tokens, caption) pairs.
+
+    Two images with the same attributes (or two identical captions) are positives for each other.
+    """
+    _check_features(features, data)
+    device = torch.device(device) if device is not None else features.device
+    model.to(device)
+    features = features.to(device)
+    keys = attribute_keys(data).to(device)
+    batches = _loader(data, tokenizer, model.cfg.context_length, cfg.batch_size, device, cfg.seed).forever()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def step_losses(step):
+        batch = next(batches)
+        tokens = trim_padding(batch.tokens, model.cfg.pad_token_id)
+        positives = positives_from_keys(keys[batch.index]) | duplicate_caption_positives(tokens)
+        out = model(features[batch.index], tokens, positives, generator=gen)
+        return {"loss": out.loss, "itc": out.loss_itc, "itm": out.loss_itm, "itg": out.loss_itg}
+
+    return fit(model, step_losses, cfg, device, name="stage 1", after_step=model.clamp_logit_scale_,
+               progress=progress)
+
+
+def train_stage2(
+    captioner: Blip2Captioner, features: torch.Tensor, data: CaptionedImages, tokenizer, cfg: StageConfig,
+    device=None, progress: bool = True,
+) -> StageHistory:
+    """Stage 2: the frozen LM's loss on captions after the projected query outputs."""
+    _check_features(features, data)
+    device = torch.device(device) if device is not None else features.device
+    captioner.to(device)
+    features = features.to(device)
+    context = captioner.language_model.cfg.max_positions - captioner.num_queries
+    context = min(context, tokenizer.context_length)
+    batches = _loader(data, tokenizer, context, cfg.batch_size, device, cfg.seed).forever()
+
+    def step_losses(step):
+        batch = next(batches)
+        tokens = trim_padding(batch.tokens, captioner.language_model.cfg.pad_token_id)
+        return {"loss": captioner(features[batch.index], tokens)}
+
+    return fit(captioner, step_losses, cfg, device, name="stage 2", progress=progress)

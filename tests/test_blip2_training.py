@@ -1,0 +1,151 @@
+"""BLIP-2 training: frozen parts stay frozen, each stage runs, the evaluation helpers measure."""
+
+import pytest
+import torch
+
+from clipedu import CLIP, preset
+from clipedu import blip2 as b2
+from clipedu.data import ShapesWorld, build_tokenizer, to_float
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    data = ShapesWorld().generate(48, "train")
+    tokenizer = build_tokenizer(data)
+    cfg = preset("tiny", vision_width=32, vision_layers=3, vision_heads=2, text_width=32, text_layers=1,
+                 text_heads=2, embed_dim=16, vocab_size=tokenizer.vocab_size)
+    encoder = b2.FrozenImageEncoder.from_clip(CLIP(cfg))
+    qcfg = b2.QFormerConfig(vocab_size=tokenizer.vocab_size, image_width=32, num_queries=4, width=32, layers=2,
+                            heads=2, context_length=tokenizer.context_length, embed_dim=16)
+    lm_cfg = b2.LMConfig.for_tokenizer(tokenizer, width=32, layers=1, heads=2, max_positions=32)
+    return data, tokenizer, encoder, qcfg, lm_cfg
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage1_frozen_encoder_gets_no_gradient_and_does_not_change(setup):
+    data, tokenizer, encoder, qcfg, _ = setup
+    model = b2.Blip2Stage1(qcfg, encoder)
+    model.train()
+    assert not model.image_encoder.training and not model.image_encoder.vision.training
+    before_encoder, before_qformer = snapshot(encoder), snapshot(model.qformer)
+    images = to_float(data.images[:8])
+    tokens = tokenizer([c[0] for c in data.captions[:8]])
+    out = model(model.encode_images(images), tokens)
+    out.loss.backward()
+    assert all(p.grad is None for p in encoder.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    assert model.ln_vision.weight.grad.abs().sum() > 0 and model.qformer.query_tokens.grad.abs().sum() > 0
+    counts = b2.count_parameters(model)
+    assert counts["frozen"] == sum(p.numel() for p in encoder.parameters())
+    # A real optimiser step through the training loop.
+    features = b2.encode_dataset(encoder, data)
+    history = b2.train_stage1(model, features, data, tokenizer, b2.StageConfig(steps=2, batch_size=8), progress=False)
+    assert same(before_encoder, snapshot(encoder))
+    assert not same(before_qformer, snapshot(model.qformer))
+    assert set(history.losses) == {"loss", "itc", "itm", "itg"}
+    assert model.logit_scale.item() <= qcfg.max_logit_scale
+
+
+def test_stage2_frozen_lm_passes_gradients_through_but_keeps_its_weights(setup):
+    data, tokenizer, encoder, qcfg, lm_cfg = setup
+    lm = b2.TinyLM(lm_cfg)
+    stage1 = b2.Blip2Stage1(qcfg, encoder)
+    captioner = b2.Blip2Captioner.from_stage1(stage1, lm)
+    assert captioner.qformer is not stage1.qformer  # stage 1 stays as it was
+    captioner.train()
+    assert not captioner.language_model.training
+    before_lm = snapshot(lm)
+    features = b2.encode_dataset(encoder, data)
+    tokens = tokenizer([c[0] for c in data.captions[:8]])
+    captioner(features[:8], tokens).backward()
+    assert all(p.grad is None for p in lm.parameters())
+    assert captioner.lm_proj.weight.grad.abs().sum() > 0
+    assert captioner.qformer.query_tokens.grad.abs().sum() > 0  # through the frozen LM
+    history = b2.train_stage2(captioner, features, data, tokenizer, b2.StageConfig(steps=2, batch_size=8),
+                              progress=False)
+    assert same(before_lm, snapshot(lm))
+    assert torch.isfinite(torch.tensor(history.losses["loss"])).all()
+    counts = b2.count_parameters(captioner)
+    lm_and_encoder = sum(p.numel() for p in lm.parameters()) + sum(p.numel() for p in encoder.parameters())
+    assert counts["frozen"] == lm_and_encoder
+
+
+def test_language_model_pretraining_learns_the_captions(setup):
+    data, tokenizer, _, _, lm_cfg = setup
+    lm = b2.TinyLM(lm_cfg)
+    history = b2.pretrain_language_model(lm, tokenizer, data.all_captions(),
+                                         b2.StageConfig(steps=60, batch_size=32, lr=1e-2), progress=False)
+    assert history.losses["loss"][-1] < history.losses["loss"][0] - 1.0
+    samples = b2.sample_text(lm, 3, max_length=tokenizer.context_length)
+    assert samples.shape[0] == 3 and (samples[:, 0] == tokenizer.sot_id).all()
+
+
+def test_generation_and_evaluation_helpers(setup):
+    data, tokenizer, encoder, qcfg, lm_cfg = setup
+    features = b2.encode_dataset(encoder, data)
+    captioner = b2.Blip2Captioner.from_stage1(b2.Blip2Stage1(qcfg, encoder), b2.TinyLM(lm_cfg))
+    captions = b2.generate_captions(captioner, features[:5], tokenizer, max_length=8, batch_size=2)
+    assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
+    truth = [c[0] for c in data.captions]
+    perfect = b2.caption_attribute_accuracy(truth, data)
+    assert perfect == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0, "shape+colour": 1.0, "all": 1.0}
+    wrong = b2.caption_attribute_accuracy(["a shape"] * len(data), data)
+    assert wrong["shape"] == 0.0 and wrong["all"] == 0.0
+    with pytest.raises(ValueError, match="3 captions for 48 images"):
+        b2.caption_attribute_accuracy(truth[:3], data)
+    report = b2.retrieval_comparison(b2.Blip2Stage1(qcfg), features[:12], data.subset(torch.arange(12)), tokenizer,
+                                     k=4)
+    assert set(report) == {"ITC", "ITC+ITM"}
+    assert all(0.0 <= v <= 1.0 for row in report.values() for v in row.values())
+
+
+def test_itm_rerank_keeps_only_the_shortlist(setup):
+    data, tokenizer, encoder, qcfg, _ = setup
+    model = b2.Blip2Stage1(qcfg)
+    features = b2.encode_dataset(encoder, data)[:6]
+    tokens = tokenizer([c[0] for c in data.captions[:6]])
+    itc = b2.itc_similarities(model, features, tokens)
+    assert itc.shape == (6, 6)
+    i2t, t2i = b2.itm_rerank(model, features, tokens, itc, k=2)
+    assert (torch.isfinite(i2t).sum(1) == 2).all() and (torch.isfinite(t2i).sum(1) == 2).all()
+    shortlisted = itc.topk(2, dim=1).indices
+    assert torch.isfinite(i2t.gather(1, shortlisted)).all()
+    expected = model.itm_score(features[:1], tokens[shortlisted[0, :1]]) + itc[0, shortlisted[0, 0]]
+    torch.testing.assert_close(i2t[0, shortlisted[0, 0]], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def test_attribute_keys_and_padding_trim(setup):
+    data = setup[0]
+    keys = b2.attribute_keys(data)
+    labels = torch.stack([data.labels[k] for k in ("shape", "colour", "size", "position")], dim=1)
+    same_labels = (labels[:, None] == labels[None]).all(-1)
+    assert torch.equal(keys[:, None] == keys[None], same_labels)
+    tokens = torch.tensor([[1, 5, 2, 0, 0], [1, 2, 0, 0, 0]])
+    assert b2.training.trim_padding(tokens, 0).shape == (2, 3)
+
+
+def test_training_bad_inputs(setup):
+    data, tokenizer, _, qcfg, _ = setup
+    with pytest.raises(ValueError, match="tokens for all 48 images"):
+        b2.train_stage1(b2.Blip2Stage1(qcfg), torch.randn(10, 5, 32), data, tokenizer, b2.StageConfig(steps=1))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        b2.StageConfig(steps=5, warmup_steps=5)
+    with pytest.raises(ValueError, match="image_width=32"):
+        b2.Blip2Stage1(b2.QFormerConfig(vocab_size=qcfg.vocab_size, image_width=64), setup[2])
