@@ -68,3 +68,76 @@ def test_plots_draw(plot):
     fig = tour.plot_pipeline() if plot == "pipeline" else tour.plot_pairs(ShapesWorld())
     assert fig.axes
     plt.close(fig)
+
+
+# --- notebook 01: patch grids, patch sequences, position embeddings ---------------------------------
+from clipedu.viz import patches as vp  # noqa: E402
+
+
+@pytest.mark.parametrize("size,p,expected", [(224, 32, (7, 49, 3072, 50)), (32, 8, (4, 16, 192, 17)),
+                                             (224, 14, (16, 256, 588, 257))])
+def test_patch_grid_info(size, p, expected):
+    info = vp.patch_grid_info(size, p)
+    assert (info["grid"], info["num_patches"], info["patch_dim"], info["sequence_length"]) == expected
+
+
+def test_patch_grid_info_rejects_a_size_that_does_not_tile():
+    with pytest.raises(ValueError, match="not a multiple of the patch size 30"):
+        vp.patch_grid_info(224, 30)
+
+
+def test_patch_sizes_all_tile_the_image():
+    sizes = vp.patch_sizes(224)
+    assert sizes[0] == 4 and sizes[-1] == 112 and 32 in sizes and 14 in sizes
+    assert all(224 % p == 0 for p in sizes)
+
+
+def test_patch_sequence_cuts_row_by_row():
+    image = torch.arange(3 * 8 * 8).reshape(3, 8, 8)
+    seq = vp.patch_sequence(image, 4)  # (4, 3, 4, 4)
+    assert seq.shape == (4, 3, 4, 4)
+    torch.testing.assert_close(seq[1], image[:, :4, 4:])  # second patch: top right
+    torch.testing.assert_close(seq[2], image[:, 4:, :4])  # third: bottom left
+
+
+def test_position_similarity_is_a_symmetric_cosine_grid_without_cls():
+    g, d = 3, 16
+    pos = torch.randn(g * g + 1, d)
+    sim = vp.position_similarity(pos, g)
+    assert sim.shape == (g, g, g, g)
+    flat = sim.reshape(g * g, g * g)
+    torch.testing.assert_close(flat.diagonal(), torch.ones(g * g))
+    torch.testing.assert_close(flat, flat.T)
+    # Row 0 of the CLS-free embeddings is position (0, 0): the CLS row was dropped.
+    torch.testing.assert_close(sim[0, 0, 0, 1], torch.nn.functional.cosine_similarity(pos[1], pos[2], dim=0))
+    with pytest.raises(ValueError, match="4x4 grid"):
+        vp.position_similarity(pos, 4)
+
+
+def test_neighbour_contrast_sees_smooth_embeddings():
+    g = 4
+    rows, cols = torch.arange(g).repeat_interleave(g).float(), torch.arange(g).repeat(g).float()
+    # Embeddings that vary smoothly with the position: a sine and a cosine of row and column.
+    smooth = torch.stack([torch.sin(rows), torch.cos(rows), torch.sin(cols), torch.cos(cols)], dim=1)
+    near, far = vp.neighbour_contrast(vp.position_similarity(smooth, g))
+    assert near > far + 0.2
+    near, far = vp.neighbour_contrast(vp.position_similarity(torch.randn(g * g, 512), g))
+    assert abs(near) < 0.15 and abs(far) < 0.15
+
+
+def test_patch_plots_draw():
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    for fig in (vp.plot_patch_grid(image, 8), vp.plot_patch_sequence(image, 8, count=6),
+                vp.plot_position_similarity(vp.position_similarity(torch.randn(17, 8), 4), "x")):
+        assert fig.axes
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("patch_size", [8, 32, 56])
+def test_patch_size_widget_draws_for_several_slider_values(patch_size, capsys):
+    image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)
+    box = vp.patch_size_widget(image, default=32)
+    slider = box.children[0]
+    assert slider.value == 32 and 32 in slider.options
+    slider.value = patch_size  # redraws through the same pure functions
+    plt.close("all")
