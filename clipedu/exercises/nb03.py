@@ -1,0 +1,209 @@
+"""Exercises of notebook 03 (the Vision Transformer)."""
+
+from __future__ import annotations
+
+import torch
+
+from clipedu.exercises import Exercise
+from clipedu.transformer import ResidualBlock
+
+
+# --- 1. parameters of one block ---------------------------------------------------------------------
+def _true_block_params(width: int, mlp_ratio: float) -> int:
+    heads = 2 if width % 2 == 0 else 1
+    return sum(p.numel() for p in ResidualBlock(width, heads, mlp_ratio).parameters())
+
+
+_BLOCK_CASES = ((128, 4.0), (64, 2.0), (768, 4.0), (10, 3.0))
+
+
+def _check_block_params(fn) -> str | None:
+    for width, ratio in _BLOCK_CASES:
+        got = fn(width, ratio)
+        expected = _true_block_params(width, ratio)
+        if not isinstance(got, (int, float)) or isinstance(got, bool) or got != int(got):
+            return f"block_params({width}, {ratio}) should return a whole number, got {got!r}."
+        got = int(got)
+        if got == expected:
+            continue
+        hidden = int(width * ratio)
+        d = width
+        where = f"For width={width}, mlp_ratio={ratio} a block has {expected:,} parameters; yours says {got:,}."
+        if got == 4 * d * d + 2 * d * hidden:
+            return where + (" That counts the weight matrices only: every Linear also has a bias, and each "
+                            "LayerNorm a gain and a bias.")
+        if got == expected - 4 * d:
+            return where + " The two LayerNorms (ln_1, ln_2) are missing: each has a gain and a bias of width D."
+        if got == expected - (d * d + d):
+            return where + " The attention's output projection (out_proj, D x D plus a bias) is missing."
+        if got == expected - 2 * d * hidden - hidden + 2 * d * d + d:
+            return where + " The MLP's hidden width is mlp_ratio * D, not D."
+        return where + f" Count ln_1, attn.qkv, attn.out_proj, ln_2, mlp.fc1 and mlp.fc2 (hidden width {hidden})."
+    return None
+
+
+def _ref_block_params(width, mlp_ratio=4.0):
+    hidden = int(width * mlp_ratio)
+    layer_norms = 2 * (2 * width)  # ln_1 and ln_2: gain and bias each
+    attention = (width * 3 * width + 3 * width) + (width * width + width)  # qkv, out_proj
+    mlp = (width * hidden + hidden) + (hidden * width + width)  # fc1, fc2
+    return layer_norms + attention + mlp
+
+
+block_params = Exercise(
+    name="block_params",
+    task="Count the parameters of one pre-LN block of width D with an MLP of hidden width mlp_ratio * D.",
+    checker=_check_block_params,
+    hint_text="Six pieces: ln_1 and ln_2 (gain + bias, D each), qkv (D x 3D + 3D), out_proj (D x D + D), "
+    "fc1 (D x H + H) and fc2 (H x D + D) with H = int(mlp_ratio * D).",
+    solution_code='''
+    def block_params(width, mlp_ratio=4.0):
+        hidden = int(width * mlp_ratio)
+        layer_norms = 2 * (2 * width)
+        attention = (width * 3 * width + 3 * width) + (width * width + width)
+        mlp = (width * hidden + hidden) + (hidden * width + width)
+        return layer_norms + attention + mlp
+    ''',
+    reference=lambda: _ref_block_params,
+    mistakes=[
+        (lambda: lambda w, r=4.0: 4 * w * w + 2 * w * int(w * r), "bias"),
+        (lambda: lambda w, r=4.0: _ref_block_params(w, r) - 4 * w, "LayerNorm"),
+        (lambda: lambda w, r=4.0: _ref_block_params(w, r) - w * w - w, "out_proj"),
+        (lambda: lambda w, r=4.0: _ref_block_params(w, 1.0), "mlp_ratio * D"),
+    ],
+    success="a block has about 12 D^2 parameters: 4 D^2 in attention, 8 D^2 in the MLP.",
+)
+
+
+# --- 2. the pre-LN block's forward pass ---------------------------------------------------------------
+def _variants(block: ResidualBlock, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Typical wrong forward passes, to say which one an answer matches."""
+
+    def attn(h):
+        return block.attn(h)[0]
+
+    a = x + attn(block.ln_1(x))
+    return {
+        "post-LN": block.ln_2((y := block.ln_1(x + attn(x))) + block.mlp(y)),
+        "no attention residual": (b := attn(block.ln_1(x))) + block.mlp(block.ln_2(b)),
+        "no MLP residual": block.mlp(block.ln_2(a)),
+        "MLP without ln_2": a + block.mlp(a),
+        "ln_1 used twice": a + block.mlp(block.ln_1(a)),
+    }
+
+
+_VARIANT_ADVICE = {
+    "post-LN": "your block normalises after adding (post-LN). Pre-LN normalises the input of each "
+    "sub-layer and adds the sub-layer's output to the un-normalised stream: x + attn(ln_1(x)).",
+    "no attention residual": "the attention output replaces the stream instead of being added to it: "
+    "keep the residual, x = x + attn(ln_1(x)).",
+    "no MLP residual": "the MLP output replaces the stream instead of being added to it: "
+    "keep the residual, x = x + mlp(ln_2(x)).",
+    "MLP without ln_2": "the MLP reads the stream without its LayerNorm: use mlp(ln_2(x)).",
+    "ln_1 used twice": "the MLP's input goes through ln_1; the block has its own ln_2 for the MLP.",
+}
+
+
+def _check_pre_ln_block(fn) -> str | None:
+    torch.manual_seed(3)
+    block = ResidualBlock(16, 2).eval()
+    with torch.no_grad():  # random LayerNorm gains and biases, so a forgotten LayerNorm shows
+        for ln in (block.ln_1, block.ln_2):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0, 0.1)
+    x = torch.randn(2, 5, 16) * 2 + 0.5  # (B, N, D), deliberately not unit scale
+    with torch.no_grad():
+        got = fn(block, x)
+        expected = block(x)[0]
+        if isinstance(got, tuple):
+            return ("return only the new tokens (B, N, D), not a tuple (block.attn returns (output, weights): "
+                    "unpack it).")
+        if not isinstance(got, torch.Tensor):
+            return f"the block should return a tensor of shape {tuple(expected.shape)}, got {type(got).__name__}."
+        if got.shape != expected.shape:
+            return f"the output should have shape {tuple(expected.shape)} (B, N, D), got {tuple(got.shape)}."
+        if torch.allclose(got, expected, atol=1e-5):
+            return None
+        for name, wrong in _variants(block, x).items():
+            if torch.allclose(got, wrong, atol=1e-5):
+                return _VARIANT_ADVICE[name]
+        diff = (got - expected).abs().max().item()
+        return (f"the output differs from ResidualBlock's by up to {diff:.3g}. Two lines: "
+                "x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x)).")
+
+
+def _ref_pre_ln_block(block, x):
+    attended, _ = block.attn(block.ln_1(x))  # (B, N, D)
+    x = x + attended
+    return x + block.mlp(block.ln_2(x))
+
+
+def _wrong(name):
+    return lambda: lambda block, x: _variants(block, x)[name]
+
+
+pre_ln_block = Exercise(
+    name="pre_ln_block",
+    task="Write the forward pass of a pre-LN block from its parts: ln_1, attn, ln_2, mlp.",
+    checker=_check_pre_ln_block,
+    hint_text="Normalise, transform, add: x = x + attn(ln_1(x)) (attn returns (output, weights)), "
+    "then x = x + mlp(ln_2(x)).",
+    solution_code='''
+    def my_block(block, x):
+        attended, _ = block.attn(block.ln_1(x))  # (B, N, D)
+        x = x + attended
+        return x + block.mlp(block.ln_2(x))
+    ''',
+    reference=lambda: _ref_pre_ln_block,
+    mistakes=[
+        (_wrong("post-LN"), "post-LN"),
+        (_wrong("no attention residual"), "residual"),
+        (_wrong("no MLP residual"), "mlp(ln_2(x))"),
+        (_wrong("MLP without ln_2"), "ln_2"),
+        (lambda: lambda block, x: block(x), "tuple"),
+    ],
+    success="that is CLIP's block: the stream x is only ever added to.",
+)
+
+
+# --- 3. sequence length with the CLS token ---------------------------------------------------------------
+_SEQ_CASES = ((32, 8), (224, 32), (32, 4), (64, 16), (224, 14))
+
+
+def _check_sequence_length(fn) -> str | None:
+    for image_size, patch_size in _SEQ_CASES:
+        grid = image_size // patch_size
+        expected = grid * grid + 1
+        got = fn(image_size, patch_size)
+        if isinstance(got, float) and got == int(got):
+            got = int(got)
+        if got == expected:
+            continue
+        where = (f"a {image_size}x{image_size} image in {patch_size}x{patch_size} patches gives "
+                 f"{expected} tokens; yours says {got}.")
+        if got == grid * grid:
+            return where + f" That is the {grid * grid} patches: add the CLS token."
+        if got in (grid + 1, grid):
+            return where + f" The patches form a {grid} x {grid} grid: square it."
+        return where + " Patches per side = image_size // patch_size; square it; add one for CLS."
+    return None
+
+
+sequence_length = Exercise(
+    name="sequence_length",
+    task="How many tokens does the transformer of a ViT read, for a given image and patch size?",
+    checker=_check_sequence_length,
+    hint_text="(image_size // patch_size) patches per side, a square grid of them, plus one CLS token.",
+    solution_code='''
+    def sequence_length(image_size, patch_size):
+        grid = image_size // patch_size
+        return grid * grid + 1
+    ''',
+    reference=lambda: lambda s, p: (s // p) ** 2 + 1,
+    mistakes=[
+        (lambda: lambda s, p: (s // p) ** 2, "CLS"),
+        (lambda: lambda s, p: s // p + 1, "grid"),
+        (lambda: lambda s, p: s * s // p + 1, "Patches per side"),
+    ],
+    success="ViT-B/32 reads 50 tokens per 224 px image; ViT-B/16 reads 197.",
+)
