@@ -106,7 +106,11 @@ def gather_features(
 
 
 def distributed_clip_loss(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    hard_negatives: torch.Tensor | None = None,
+    check_shapes: bool = True,
 ) -> torch.Tensor:
     """This process's share of the global CLIP loss (the local-loss form).
 
@@ -114,19 +118,112 @@ def distributed_clip_loss(
     sit at columns rank*b ... rank*b + b - 1. The mean of this value over processes is the global
     loss, and the mean of the gradients (DDP) is the global gradient. Not distributed: plain
     :func:`clipedu.losses.clip_loss`.
+
+    ``hard_negatives`` (b, E): this process's extra negative captions. They are gathered too, so
+    every image is ranked against all N*b of them, the same columns as
+    ``clip_loss(..., hard_negatives=)`` on the global batch. ``check_shapes=False`` skips the
+    shape exchange (two small collectives) when the caller guarantees equal shapes.
     """
     check_embeddings(image_embeds, text_embeds)
     info = current()
     if not info.enabled:
         from clipedu.losses import clip_loss
 
-        return clip_loss(image_embeds, text_embeds, logit_scale)
-    all_images, all_texts = gather_features(image_embeds, text_embeds)
+        return clip_loss(image_embeds, text_embeds, logit_scale, hard_negatives=hard_negatives)
+    all_images, all_texts = gather_features(image_embeds, text_embeds, check_shapes=check_shapes)
     b = image_embeds.shape[0]
+    columns = all_texts  # (N*b, E)
+    if hard_negatives is not None:
+        if hard_negatives.dim() != 2 or hard_negatives.shape[1] != text_embeds.shape[1]:
+            raise ValueError(
+                f"expected hard negatives of shape (H, {text_embeds.shape[1]}), got {tuple(hard_negatives.shape)}"
+            )
+        if check_shapes:
+            _check_same_shape_everywhere(hard_negatives, "hard negative")
+        columns = torch.cat([all_texts, *_all_gather_with_grad(hard_negatives)])  # (N*b + N*H, E)
     labels = torch.arange(b, device=image_embeds.device) + info.rank * b  # (b,)
-    logits_per_image = contrastive_logits(image_embeds, all_texts, logit_scale)  # (b, N*b)
+    logits_per_image = contrastive_logits(image_embeds, columns, logit_scale)  # (b, N*b [+ N*H])
     logits_per_text = contrastive_logits(text_embeds, all_images, logit_scale)  # (b, N*b)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def per_device_clip_loss(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float, chunks: int
+) -> torch.Tensor:
+    """What N devices would compute if each took the CLIP loss of its own b = B/N pairs only.
+
+    Simulated on one device, for teaching: the batch is cut into ``chunks`` blocks, each block's
+    loss is taken on its own b x b matrix, and the losses are averaged. Each row then has b - 1
+    negatives instead of B - 1, the cross-block cells of the B x B matrix never enter the loss,
+    and a random model scores ln(b), not ln(B). ``chunks=1`` is the real loss.
+    """
+    from clipedu.losses import clip_loss
+
+    check_embeddings(image_embeds, text_embeds)
+    batch = image_embeds.shape[0]
+    if not isinstance(chunks, int) or chunks <= 0 or batch % chunks:
+        raise ValueError(f"chunks must be a positive int that divides the batch ({batch}), got {chunks!r}")
+    b = batch // chunks
+    losses = [clip_loss(image_embeds[i : i + b], text_embeds[i : i + b], logit_scale) for i in range(0, batch, b)]
+    return torch.stack(losses).mean()
+
+
+# --- what the training loop needs besides the loss --------------------------------------------------
+def check_batch_divides(batch_size: int, world_size: int, accum_steps: int = 1) -> int:
+    """The per-process batch b = batch_size / world_size, after checking that it splits evenly
+    (into ``accum_steps`` micro-batches as well)."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"the global batch_size {batch_size} does not divide among world_size {world_size} processes; "
+            f"choose a batch size that is a multiple of {world_size}"
+        )
+    local = batch_size // world_size
+    if local % accum_steps:
+        raise ValueError(
+            f"each of the {world_size} processes holds {local} pairs of the batch of {batch_size}, which "
+            f"does not split into accum_steps={accum_steps} equal micro-batches"
+        )
+    return local
+
+
+def shard_batch(batch, info: DistInfo | None = None):
+    """This process's rows ``[rank*b : (rank+1)*b]`` of a global batch (any NamedTuple of tensors
+    whose first dimension is the batch, ``None`` fields kept). Views, no copies.
+
+    Every process makes the same global batch (same loader, same seed), so taking slices keeps the
+    data order of a one-process run with the whole batch.
+    """
+    info = info or current()
+    if not info.enabled:
+        return batch
+    size = batch[0].shape[0]
+    b = check_batch_divides(size, info.world_size)
+    rows = slice(info.rank * b, (info.rank + 1) * b)
+    return type(batch)(*(None if x is None else x[rows] for x in batch))
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over processes (one all_reduce); ``x`` itself when not distributed."""
+    if not current().enabled:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every process (a step count, a decision); ``obj`` when not distributed."""
+    if not current().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every process (nothing when not distributed)."""
+    if current().enabled:
+        dist.barrier()
 
 
 def distributed_siglip_loss(

@@ -32,6 +32,15 @@ from torch import nn
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig
 from clipedu.data import CaptionedImages, DeviceLoader
+from clipedu.distributed import (
+    barrier,
+    broadcast_object,
+    check_batch_divides,
+    current,
+    distributed_clip_loss,
+    global_mean,
+    shard_batch,
+)
 from clipedu.losses import clip_loss
 from clipedu.tokenizer import WordTokenizer
 
@@ -57,6 +66,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end (when an eval_fn is given)
     checkpoint_every: int = 0  # 0: only at the end (when there is an out_dir)
     seed: int = 0
+    # Micro-batches per step: the contrastive batch stays whole (batch_size pairs), only the memory
+    # for activations shrinks; see Trainer._accumulate_gradients.
+    accum_steps: int = 1
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -69,6 +81,13 @@ class TrainConfig:
             raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not isinstance(self.accum_steps, int) or self.accum_steps <= 0:
+            raise ValueError(f"accum_steps must be a positive int, got {self.accum_steps!r}")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split into accum_steps={self.accum_steps} equal "
+                "micro-batches; choose a batch size that is a multiple of accum_steps"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -235,6 +254,18 @@ class Trainer:
 
     >>> trainer = Trainer(model, tokenizer, data, TrainConfig(steps=500), out_dir="runs/demo")
     >>> history = trainer.fit()          # or trainer.fit(resume=True) after an interruption
+
+    Under ``torchrun`` (a process group initialised, e.g. by :func:`clipedu.distributed.init_from_env`)
+    the model is wrapped in DistributedDataParallel. ``cfg.batch_size`` stays the *global* batch:
+    every process draws the same shuffled batch and trains on its slice of it, the loss is the
+    local-loss form of the global one (:func:`clipedu.distributed.distributed_clip_loss`), and
+    rank 0 alone shows progress, logs, evaluates and writes checkpoints (of the unwrapped model, so
+    a run saved by N processes resumes in one and the other way round). Hard negatives are gathered
+    like the captions. ``cfg.accum_steps > 1`` keeps the whole contrastive batch with the memory of
+    a micro-batch (see :meth:`_accumulate_gradients`).
+
+    ``loss_fn(image_embeds, text_embeds, logit_scale)``, when given, replaces the CLIP loss (say, to
+    compare with a weaker objective in a notebook); it gets this process's features.
     """
 
     def __init__(
@@ -246,11 +277,17 @@ class Trainer:
         device: str | torch.device | None = None,
         out_dir: str | Path | None = None,
         eval_fn: Callable[[CLIP], dict] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         from clipedu.runtime import pick_device
 
         self.cfg = cfg or TrainConfig()
+        self.dist = current()
+        # The global batch must split evenly among processes, and each share into micro-batches.
+        check_batch_divides(self.cfg.batch_size, self.dist.world_size, self.cfg.accum_steps)
         self.device = torch.device(device) if device is not None else pick_device()
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         self.tokenizer = tokenizer
         if tokenizer.vocab_size > model.cfg.text.vocab_size:
             raise ValueError(
@@ -264,6 +301,9 @@ class Trainer:
             )
         if self.cfg.hard_negatives and data.hard_negatives is None:
             raise ValueError(f"hard_negatives=True needs data with swapped captions; {data.name!r} has none")
+        if loss_fn is not None and self.cfg.hard_negatives:
+            raise ValueError("a custom loss_fn takes no hard negatives; use hard_negatives=False with it")
+        self.loss_fn = loss_fn
         self.model = model.to(self.device)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -282,7 +322,17 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.cfg.warmup_steps, self.cfg.steps)
         self.step = 0
         self.history = History(batch_size=self.cfg.batch_size)
-        self._forward = torch.compile(model) if self.cfg.compile else model
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP copies rank 0's weights to every process now, and averages gradients in backward.
+            self.ddp = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        trained = self.ddp if self.ddp is not None else model
+        self._forward = torch.compile(trained) if self.cfg.compile else trained
+        self._shapes_checked = False
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -327,31 +377,18 @@ class Trainer:
         if self.out_dir is None:
             return None
         path = self.out_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
+        if self.dist.is_main:  # one writer: every process holds the same weights
+            save_checkpoint(path, self.state_dict())
         return path
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, batch) -> dict:
+        """One optimiser step on a batch from the loader (under DDP: the global batch; this
+        process trains on its slice). Returns the loss and the batch's features."""
+        out = self.compute_gradients(batch)
         model, cfg = self.model, self.cfg
-        model.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self._forward(batch.images, batch.tokens)
-            negatives = None
-            if cfg.hard_negatives:
-                negatives = model.encode_text(batch.hard_negative_tokens)  # (B, E)
-            loss = clip_loss(out.image_embeds, out.text_embeds, out.logit_scale, hard_negatives=negatives)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at step {self.step + 1} (lr {self.scheduler.get_last_lr()[0]:.2e}, "
-                f"logit_scale {model.logit_scale.item():.3f}). Lower the learning rate or use fp32/bf16; "
-                + (f"the last good checkpoint is kept in {self.out_dir}." if self.out_dir else "nothing was saved.")
-            )
-        self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if self.scaler:
@@ -360,9 +397,124 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        model.clamp_logit_scale_()
+        model.clamp_logit_scale_()  # on every process: they all hold the same weights
         self.step += 1
-        return {"loss": loss, "image_embeds": out.image_embeds, "text_embeds": out.text_embeds}
+        return out
+
+    def compute_gradients(self, batch) -> dict:
+        """Set ``.grad`` of every parameter to the gradient of the loss on ``batch`` (scaled by the
+        GradScaler when there is one; averaged over processes under DDP), without a step.
+
+        Returns {"loss": the batch's loss (under DDP: the mean over processes), "image_embeds",
+        "text_embeds": this process's features}.
+        """
+        model, cfg = self.model, self.cfg
+        model.train()
+        if self.ddp is not None:
+            batch = shard_batch(batch, self.dist)  # (b, ...) this process's rows of the global batch
+        if cfg.accum_steps > 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, image_embeds, text_embeds = self._accumulate_gradients(batch)
+        else:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self._forward(batch.images, batch.tokens)
+                negatives = None
+                if cfg.hard_negatives:
+                    negatives = model.encode_text(batch.hard_negative_tokens)  # (B, E)
+                loss = self._loss(out.image_embeds, out.text_embeds, out.logit_scale, negatives)
+            image_embeds, text_embeds = out.image_embeds, out.text_embeds
+            logged = self._checked(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(loss)
+            loss = logged
+        return {"loss": loss, "image_embeds": image_embeds, "text_embeds": text_embeds}
+
+    def _loss(self, image_embeds, text_embeds, logit_scale, negatives=None) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(image_embeds, text_embeds, logit_scale)
+        if self.ddp is not None:
+            check, self._shapes_checked = not self._shapes_checked, True  # once: shapes never change
+            return distributed_clip_loss(image_embeds, text_embeds, logit_scale, hard_negatives=negatives,
+                                         check_shapes=check)
+        return clip_loss(image_embeds, text_embeds, logit_scale, hard_negatives=negatives)
+
+    def _checked(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to log (under DDP the mean over processes, so all of them stop together on a
+        non-finite value); raises TrainingDiverged when it is not finite."""
+        value = global_mean(loss.detach()) if self.ddp is not None else loss
+        if not torch.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value.item()} at step {self.step + 1} (lr {self.scheduler.get_last_lr()[0]:.2e}, "
+                f"logit_scale {self.model.logit_scale.item():.3f}). Lower the learning rate or use fp32/bf16; "
+                + (f"the last good checkpoint is kept in {self.out_dir}." if self.out_dir else "nothing was saved.")
+            )
+        return value
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _accumulate_gradients(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradient of the loss over the whole batch, with the memory of one micro-batch.
+
+        A classification loss is a sum over examples, so its micro-batches can be backpropagated
+        one by one. The contrastive loss is not: every row's softmax runs over every column, so
+        the loss of a micro-batch against only itself is another objective (fewer negatives).
+        What does split is the backward pass. With F_k the features of micro-batch k (K of them)
+        and s the logit scale, the chain rule gives
+
+            dL/dθ = Σ_k (∂F_k/∂θ)ᵀ ∂L/∂F_k  +  ∂L/∂s · ds/dθ
+
+        1. Forward every micro-batch under no_grad and keep only its features: (b, E) numbers,
+           no activations.
+        2. For each k, forward micro-batch k again with gradients and splice its fresh F_k (the
+           same values) in place of its cached copy; compute L on the whole batch; backward. Only
+           F_k carries a graph, so the pass adds exactly (∂F_k/∂θ)ᵀ ∂L/∂F_k, with ∂L/∂F_k
+           evaluated at the whole batch's features, to .grad. Summed over k: the first term.
+        3. s enters every pass directly, so it carries a gradient in the last pass only (detached
+           in the others); otherwise ∂L/∂s would be counted K times.
+
+        Returns (the whole batch's loss, its image features, its text features). Costs one extra
+        forward per micro-batch. Under DDP the loss is the local-loss form over all processes'
+        features, and gradients are averaged only after the last micro-batch (``no_sync``).
+        """
+        import contextlib
+
+        model, k_steps = self.model, self.cfg.accum_steps
+        m = batch.images.shape[0] // k_steps
+        parts = [slice(k * m, (k + 1) * m) for k in range(k_steps)]
+        use_negatives = self.cfg.hard_negatives
+
+        def autocast():
+            return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+        with torch.no_grad(), autocast():  # 1. features of every micro-batch, no graph
+            images = [model.encode_image(batch.images[p]) for p in parts]  # K x (m, E)
+            texts = [model.encode_text(batch.tokens[p]) for p in parts]  # K x (m, E)
+            negatives = [model.encode_text(batch.hard_negative_tokens[p]) for p in parts] if use_negatives else None
+
+        def splice(cached, k, fresh):  # (b, E): the cached features with micro-batch k's fresh ones
+            return torch.cat([*cached[:k], fresh, *cached[k + 1 :]])
+
+        logged = None
+        for k, p in enumerate(parts):  # 2. one micro-batch with gradients at a time
+            last = k == k_steps - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with no_sync:
+                with autocast():
+                    out = self._forward(batch.images[p], batch.tokens[p])
+                    all_negatives = None
+                    if use_negatives:
+                        all_negatives = splice(negatives, k, model.encode_text(batch.hard_negative_tokens[p]))
+                    scale = out.logit_scale if last else out.logit_scale.detach()  # 3.
+                    loss = self._loss(splice(images, k, out.image_embeds), splice(texts, k, out.text_embeds),
+                                      scale, all_negatives)
+                if logged is None:
+                    logged = self._checked(loss)  # before any backward: the same value in every pass
+                self._backward(loss)
+        return logged, torch.cat(images), torch.cat(texts)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(
@@ -384,7 +536,8 @@ class Trainer:
             if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():
                 raise ValueError(f"nothing to resume: no {CHECKPOINT_NAME} in {self.out_dir}")
             self.load_state_dict(load_checkpoint(self.out_dir / CHECKPOINT_NAME))
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="training", unit="step")
+        main = self.dist.is_main  # under DDP, rank 0 alone shows progress, logs, evaluates and saves
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="training", unit="step")
         start = time.perf_counter()
         seconds_before = self.history.seconds
         window_start, window_images = time.perf_counter(), 0
@@ -392,13 +545,17 @@ class Trainer:
         batches = self.loader.forever()
         try:
             while self.step < cfg.steps:
-                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
-                    break
+                if max_seconds is not None:
+                    stop = time.perf_counter() - start >= max_seconds
+                    if self.ddp is not None:
+                        stop = broadcast_object(stop)  # rank 0's clock decides for all
+                    if stop:
+                        break
                 batch = next(batches)
                 out = self.train_step(batch)
                 window_images += batch.images.shape[0]
                 last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last or self.step == 1:
+                if main and (self.step % cfg.log_every == 0 or last or self.step == 1):
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
                     window_start, window_images = now, 0
@@ -411,17 +568,21 @@ class Trainer:
                         warnings.warn(collapse_message(self.history), stacklevel=2)
                     if callback is not None:
                         callback(self)
-                if self.eval_fn is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
-                    self.evaluate()
+                if main and self.eval_fn is not None and (
+                    (cfg.eval_every and self.step % cfg.eval_every == 0) or last
+                ):
+                    self.evaluate()  # the others wait for rank 0 in their next collective
                 if self.out_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.history.seconds = seconds_before + time.perf_counter() - start
                     self.save()
+                    barrier()  # the checkpoint is whole before any process goes on
                 bar.update(1)
         finally:
             bar.close()
         self.history.seconds = seconds_before + time.perf_counter() - start
         if self.out_dir is not None:
             self.save()
+        barrier()  # no process returns (and reads the checkpoint, or exits) before rank 0 is done
         self.model.eval()
         return self.history
 
