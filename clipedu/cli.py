@@ -3,11 +3,14 @@
     clipedu train                                  # ShapesWorld, tiny preset, then zero-shot accuracy
     clipedu train --dataset shapes --preset tiny --out runs/x --minutes 2
     clipedu train --out runs/x --resume            # continue an interrupted run exactly
+    clipedu train --batch-size 1024 --accum-steps 8  # a big contrastive batch in micro-batches of 128
+    torchrun --nproc_per_node 2 -m clipedu train   # data parallel on 2 GPUs (or CPU processes)
     clipedu eval runs/x                            # zero-shot and retrieval table
     clipedu probe runs/x                           # linear probes against baselines
 
 Each command prints a table and writes ``metrics.json`` into the run folder; ``train`` also saves
-``training.png`` (the loss and temperature curves).
+``training.png`` (the loss and temperature curves). Under torchrun, every process trains on its
+share of the global batch and rank 0 alone prints, evaluates and writes.
 """
 
 from __future__ import annotations
@@ -43,7 +46,39 @@ def _write_metrics(out_dir: Path, section: str, metrics: dict) -> None:
     tmp.replace(path)
 
 
+def _main_first(load):
+    """``load()`` on rank 0 first (it may download into a shared cache), then on the others; a
+    failure on rank 0 stops every process with its message instead of leaving them waiting."""
+    from clipedu.distributed import broadcast_object, current
+
+    info = current()
+    if not info.enabled:
+        return load()
+    if info.is_main:
+        try:
+            result = load()
+        except Exception as exc:
+            broadcast_object(str(exc))
+            raise
+        broadcast_object(None)
+        return result
+    problem = broadcast_object(None)
+    if problem is not None:
+        raise CLIError(f"rank 0 could not load the data: {problem}")
+    return load()
+
+
 def cmd_train(args) -> int:
+    try:
+        return _train(args)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # joined under torchrun
+            dist.destroy_process_group()
+
+
+def _train(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,6 +87,7 @@ def cmd_train(args) -> int:
     from clipedu import CLIP, preset
     from clipedu.config import preset_names
     from clipedu.data import DATASET_NAMES, build_tokenizer, get_dataset
+    from clipedu.distributed import broadcast_object, init_from_env
     from clipedu.evaluate import report
     from clipedu.runtime import is_fast, pick_device, runs_dir, seed_everything
     from clipedu.tokenizer import WordTokenizer
@@ -82,9 +118,15 @@ def cmd_train(args) -> int:
         device = pick_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    # Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); one GPU per process.
+    info = init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    say = print if info.is_main else (lambda *args, **kwargs: None)
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("seed", args.seed), ("hard_negatives", args.hard_negatives or None))
+                                   ("seed", args.seed), ("hard_negatives", args.hard_negatives or None),
+                                   ("accum_steps", args.accum_steps))
                  if v is not None}
     state = None
     if args.resume:
@@ -107,7 +149,7 @@ def cmd_train(args) -> int:
             cfg.warmup_steps = min(cfg.warmup_steps, max(0, args.steps // 10))
     try:
         options = {"n": 4000} if fast and args.dataset.startswith("shapes") else {}
-        data = get_dataset(args.dataset, "train", **options)
+        data = _main_first(lambda: get_dataset(args.dataset, "train", **options))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
     tokenizer = WordTokenizer.from_dict(state["tokenizer"]) if state else build_tokenizer(data)
@@ -118,17 +160,29 @@ def cmd_train(args) -> int:
     seed_everything(cfg.seed)
     if args.minutes is not None and args.steps is None and state is None:
         cfg.steps = estimate_steps(model_cfg, tokenizer, data, cfg, device, seconds=args.minutes * 60)
+        cfg.steps = broadcast_object(cfg.steps)  # rank 0's clock decides: every process runs as many steps
         cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps // 10)
-        print(f"{args.minutes:g} minutes on {device} fit about {cfg.steps} steps of batch {cfg.batch_size}")
+        say(f"{args.minutes:g} minutes on {device} fit about {cfg.steps} steps of batch {cfg.batch_size}")
     seed_everything(cfg.seed)
     model = CLIP(model_cfg)
-    trainer = Trainer(model, tokenizer, data, cfg, device=device, out_dir=out_dir)
+    try:
+        trainer = Trainer(model, tokenizer, data, cfg, device=device, out_dir=out_dir)
+    except ValueError as exc:  # a batch that does not split among processes or micro-batches
+        raise CLIError(str(exc)) from None
     if cfg.checkpoint_every == 0:
         cfg.checkpoint_every = max(50, cfg.steps // 10)
-    print(f"training {args.preset} on {args.dataset} ({len(data)} images) for {cfg.steps} steps on {device}; "
-          f"run folder {out_dir}")
+    where = str(device)
+    if info.enabled:
+        where += (f", {info.world_size} processes (global batch {cfg.batch_size}, "
+                  f"{cfg.batch_size // info.world_size} per process)")
+    if cfg.accum_steps > 1:
+        where += f", {cfg.accum_steps} micro-batches per step"
+    say(f"training {args.preset} on {args.dataset} ({len(data)} images) for {cfg.steps} steps on {where}; "
+        f"run folder {out_dir}")
     start = time.perf_counter()
     history = trainer.fit(resume=args.resume, progress=not args.quiet)
+    if not info.is_main:  # rank 0 alone evaluates, plots and writes
+        return 0
     fig = history.plot(title=f"{args.dataset} / {args.preset}")
     fig.savefig(out_dir / "training.png", dpi=100)
     train_metrics = {"steps": trainer.step, "seconds": round(history.seconds, 1),
@@ -208,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>[-fast])")
     t.add_argument("--steps", type=int, help="training steps (default: the preset's recipe)")
     t.add_argument("--minutes", type=float, help="fit the number of steps to this many minutes of training")
-    t.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    t.add_argument("--batch-size", type=int,
+                   help="images per step, over all processes under torchrun (default: the recipe's)")
+    t.add_argument("--accum-steps", type=int,
+                   help="split each step's batch into this many micro-batches (less memory, same loss)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
