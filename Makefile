@@ -26,6 +26,10 @@ test-unit: venv
 test-notebooks: venv
 	CLIPEDU_FAST=1 $(PY) -m pytest notebooks $(NBVAL)
 
+test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chromium (needs apt's chromium)
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[browser]"
+	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser -v
+
 student: venv  ## student versions (solutions replaced by stubs) in build/student/
 	$(PY) -m clipedu.course student
 
