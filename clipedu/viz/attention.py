@@ -22,6 +22,7 @@ tower returns. Maps over the patches are ``(B, g, g)``. The ``plot_*`` functions
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -284,6 +285,14 @@ def _check_uint8(images: torch.Tensor) -> None:
 
 
 # --- drawing -------------------------------------------------------------------------------------------
+def _show_picture(ax, image, title: str = "") -> None:
+    picture = _picture(image)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(textwrap.fill(title, 26), fontsize=8)
+
+
 def _picture(image) -> np.ndarray:
     """An image for imshow: a uint8 tensor (C, H, W), a PIL image, or an (H, W, C) array."""
     if isinstance(image, torch.Tensor):
@@ -313,14 +322,14 @@ def plot_map(image, values: torch.Tensor, ax=None, title: str = "", alpha: float
     h, w = picture.shape[:2]
     if ax is None:
         _, ax = plt.subplots(figsize=(2.6, 2.6))
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, extent=(0, w, h, 0))
     shown = ax.imshow(values.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0),
                       interpolation="bilinear" if smooth else "nearest")
     if colorbar:
         ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 30), fontsize=8)
     return ax
 
 
@@ -356,10 +365,7 @@ def plot_maps(images, maps: dict[str, torch.Tensor], titles: Sequence[str] | Non
     fig, axes = plt.subplots(count, cols, figsize=(cell * cols, cell * count), squeeze=False)
     for i in range(count):
         if show_image:
-            axes[i, 0].imshow(_picture(images[i]))
-            axes[i, 0].set_xticks([])
-            axes[i, 0].set_yticks([])
-            axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
+            _show_picture(axes[i, 0], images[i], titles[i] if titles else "image")
         for j, (name, m) in enumerate(maps.items(), start=int(show_image)):
             plot_map(images[i], m[i], axes[i, j], title=name if i == 0 else "", **kwargs)
     fig.tight_layout()
@@ -408,10 +414,7 @@ def attention_explorer(model, images: torch.Tensor, tokenizer, captions: Sequenc
         values = attention_map(model, floats[index : index + 1].to(device), method, layer, head,
                                attentions=attentions[:, index : index + 1], **kwargs)[0]
         fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.8))
-        axes[0].imshow(_picture(images[index]))
-        axes[0].set_xticks([])
-        axes[0].set_yticks([])
-        axes[0].set_title(f"image {index}", fontsize=9)
+        _show_picture(axes[0], images[index], f"image {index}")
         if method == "attention":
             title = f"CLS attention, layer {layer}, head {head}"
         elif method == "rollout":
