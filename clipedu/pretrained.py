@@ -511,3 +511,41 @@ def encode_prompts(model: CLIP, tokenizer, texts, batch_size: int = 256) -> torc
         length = int(eot_index(tokens, eot).max()) + 1
         out.append(model.encode_text(tokens[:, :length].to(device)).float().cpu())
     return torch.cat(out)
+
+
+# --- the tokenizer ----------------------------------------------------------------------------------
+def clip_tokenizer(stand_in_if_missing: bool = False):
+    """CLIP's BPE tokenizer (:class:`clipedu.bpe.BPETokenizer`).
+
+    It needs OpenAI's merges file (shipped with open_clip, else downloaded once). Offline without
+    it, ``stand_in_if_missing=True`` returns :func:`stand_in_tokenizer` instead, with a warning.
+    """
+    from clipedu.bpe import BPETokenizer
+
+    try:
+        return BPETokenizer()
+    except FileNotFoundError as err:
+        if not stand_in_if_missing:
+            raise
+        warnings.warn(f"{err}\nUsing a byte-level stand-in tokenizer: fine for random weights, "
+                      "meaningless for real ones.", stacklevel=2)
+        return stand_in_tokenizer()
+
+
+def stand_in_tokenizer():
+    """A tokenizer with CLIP's special ids (<sot> 49406, <eot> 49407) that splits text into bytes only.
+
+    For running the code path offline on random weights when CLIP's merges file is missing: its
+    48,894 "merges" are pairs of private-use characters that never occur in text, so every caption
+    becomes its UTF-8 bytes (ids below 512). Real CLIP weights need the real tokenizer.
+    """
+    import gzip
+
+    from clipedu.bpe import N_MERGES, BPETokenizer
+
+    lines = ["#version: stand-in"] + [f"{chr(0xE000 + i // 256)} {chr(0xF000 + i % 256)}" for i in range(N_MERGES)]
+    folder = Path(tempfile.mkdtemp(prefix="clipedu-stand-in-"))
+    path = folder / "stand_in_merges.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return BPETokenizer(path)

@@ -359,3 +359,30 @@ def test_encode_prompts_cuts_padding_without_changing_embeddings():
     with torch.no_grad():
         full = model.encode_text(tok(captions, context_length=16))
     torch.testing.assert_close(P.encode_prompts(model, tok, captions, batch_size=2), full, rtol=0, atol=1e-6)
+
+
+# --- the tokenizer, offline ---------------------------------------------------------------------------
+def test_stand_in_tokenizer_has_clips_special_ids_and_splits_into_bytes():
+    tok = P.stand_in_tokenizer()
+    assert (tok.vocab_size, tok.sot_id, tok.eot_id) == (49408, 49406, 49407)
+    # No merge ever applies: "a", then "c" "a" "t" byte by byte, the last of each word marked as ending it.
+    assert tok.pieces("a cat") == ["a</w>", "c", "a", "t</w>"]
+    assert tok(["a cat"])[0, :7].tolist() == [49406, 320, 66, 64, 339, 49407, 0]
+
+
+def test_clip_tokenizer_falls_back_only_when_asked(monkeypatch):
+    import clipedu.bpe as bpe
+
+    find = bpe.find_merges_file
+
+    def missing(path=None):
+        if path is None:
+            raise FileNotFoundError("no merges file here")
+        return find(path)
+
+    monkeypatch.setattr(bpe, "find_merges_file", missing)
+    with pytest.raises(FileNotFoundError):
+        P.clip_tokenizer()
+    with pytest.warns(UserWarning, match="stand-in"):
+        tok = P.clip_tokenizer(stand_in_if_missing=True)
+    assert tok.eot_id == 49407
