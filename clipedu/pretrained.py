@@ -494,23 +494,11 @@ def encode_photos(model: CLIP, images, batch_size: int = 128) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_prompts(model: CLIP, tokenizer, texts, batch_size: int = 256) -> torch.Tensor:
-    """Unit-length text embeddings (M, E), on the CPU, computing only up to the last <eot>.
+    """Unit-length text embeddings (M, E) on the CPU: :func:`clipedu.evaluate.encode_texts`, which
+    runs the causal text encoder only up to the last <eot> of each batch."""
+    from clipedu.evaluate import encode_texts
 
-    The text encoder is causal, so the output at <eot> never depends on the padding after it: the
-    columns after the longest prompt's <eot> are cut, which gives the same embeddings for a
-    fraction of the work (prompts are ~10 tokens; the context is 77).
-    """
-    from clipedu.text import eot_index
-
-    model.eval()
-    device = next(model.parameters()).device
-    context, eot = model.cfg.text.context_length, model.cfg.text.eot_token_id
-    out = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start : start + batch_size]), context_length=context, truncate=True)
-        length = int(eot_index(tokens, eot).max()) + 1
-        out.append(model.encode_text(tokens[:, :length].to(device)).float().cpu())
-    return torch.cat(out)
+    return encode_texts(model, tokenizer, texts, batch_size=batch_size)
 
 
 # --- the tokenizer ----------------------------------------------------------------------------------
