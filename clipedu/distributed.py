@@ -251,3 +251,50 @@ def distributed_siglip_loss(
     labels = -torch.ones_like(logits)
     labels[torch.arange(b), torch.arange(b) + info.rank * b] = 1.0
     return -F.logsigmoid(labels * logits).sum() / b
+
+
+# --- seeing it work: real processes on one machine (notebook 13, tests) ------------------------------
+def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embeds, text_embeds, logit_scale):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        b = image_embeds.shape[0] // world_size
+        rows = slice(rank * b, (rank + 1) * b)
+        img = image_embeds[rows].clone().requires_grad_()  # (b, E): only this process's pairs
+        txt = text_embeds[rows].clone().requires_grad_()
+        scale = torch.tensor(float(logit_scale), requires_grad=True)
+        loss = distributed_clip_loss(img, txt, scale)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "image_grad": img.grad, "text_grad": txt.grad, "scale_grad": scale.grad},
+                   f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def loss_on_processes(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: float, world_size: int = 2
+) -> list[dict]:
+    """Start ``world_size`` CPU processes (gloo, as torchrun would) that each hold their slice of the
+    batch and compute :func:`distributed_clip_loss` and its gradients. Returns one dict per rank:
+    ``loss``, ``image_grad`` and ``text_grad`` (its (b, E) rows) and ``scale_grad``.
+
+    A few seconds, most of it starting Python in each process. For notebooks and tests: the real
+    collectives on one machine, without a GPU.
+    """
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    check_embeddings(image_embeds, text_embeds)
+    check_batch_divides(image_embeds.shape[0], world_size)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        args = (world_size, port, folder, image_embeds.detach().cpu(), text_embeds.detach().cpu(), float(logit_scale))
+        mp.spawn(_loss_worker, args=args, nprocs=world_size, join=True)
+        return [torch.load(f"{folder}/rank{r}.pt") for r in range(world_size)]

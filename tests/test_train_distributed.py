@@ -12,6 +12,7 @@ One spawn runs every 2-process scenario (starting processes is the slow part); t
 its results with 1-process runs made here.
 """
 
+import math
 import os
 import socket
 import subprocess
@@ -236,3 +237,19 @@ def test_torchrun_runs_the_command_line(tmp_path):
     state = load_checkpoint(out)
     assert state["step"] == 4 and state["train_config"]["batch_size"] == 32
     assert (out / "metrics.json").exists() and (out / "training.png").exists()
+
+
+def test_per_device_loss_is_the_global_loss_with_the_cross_device_cells_removed():
+    from clipedu.distributed import per_device_clip_loss
+    from clipedu.losses import clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(img + torch.randn(12, 8, generator=g), dim=-1)
+    torch.testing.assert_close(per_device_clip_loss(img, txt, 10.0, chunks=1), clip_loss(img, txt, 10.0))
+    blocks = torch.stack([clip_loss(img[i:i + 4], txt[i:i + 4], 10.0) for i in (0, 4, 8)]).mean()
+    torch.testing.assert_close(per_device_clip_loss(img, txt, 10.0, chunks=3), blocks)
+    same = torch.ones(12, 8) / 8**0.5  # a model that cannot tell pairs apart: ln(block size)
+    assert abs(per_device_clip_loss(same, same, 10.0, chunks=3).item() - math.log(4)) < 1e-5
+    with pytest.raises(ValueError, match="chunks must be a positive int that divides the batch"):
+        per_device_clip_loss(img, txt, 10.0, chunks=5)
