@@ -370,3 +370,12 @@ def test_recall_at_k():
     scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8]])
     relevant = torch.tensor([[False, False, True], [False, True, False]])
     assert b2.recall_at_k(scores, relevant, ks=(1, 2)) == {"R@1": 0.0, "R@2": 1.0}
+
+
+def test_stage1_can_caption_with_its_own_decoder(qcfg):
+    model = b2.Blip2Stage1(qcfg)
+    with torch.no_grad():
+        model.lm_head.bias.fill_(-10.0)
+        model.lm_head.bias[qcfg.eot_token_id] = 10.0  # say <eot> at once
+    out = model.generate(torch.randn(2, 7, IMAGE_WIDTH))
+    assert out.tolist() == [[1, 2], [1, 2]]  # <sot> <eot>: stopped at the end of text

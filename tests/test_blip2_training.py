@@ -26,7 +26,7 @@ def setup():
     encoder = b2.FrozenImageEncoder.from_clip(CLIP(cfg))
     qcfg = b2.QFormerConfig(vocab_size=tokenizer.vocab_size, image_width=32, num_queries=4, width=32, layers=2,
                             heads=2, context_length=tokenizer.context_length, embed_dim=16)
-    lm_cfg = b2.LMConfig.for_tokenizer(tokenizer, width=32, layers=1, heads=2, max_positions=32)
+    lm_cfg = b2.LMConfig.for_tokenizer(tokenizer, width=32, layers=1, heads=2, max_positions=48)
     return data, tokenizer, encoder, qcfg, lm_cfg
 
 
@@ -90,7 +90,7 @@ def test_stage2_frozen_lm_passes_gradients_through_but_keeps_its_weights(setup):
 def test_language_model_pretraining_learns_the_captions(setup):
     data, tokenizer, _, _, lm_cfg = setup
     lm = b2.TinyLM(lm_cfg)
-    history = b2.pretrain_language_model(lm, tokenizer, data.all_captions(),
+    history = b2.pretrain_language_model(lm, tokenizer, data,
                                          b2.StageConfig(steps=60, batch_size=32, lr=1e-2), progress=False)
     assert history.losses["loss"][-1] < history.losses["loss"][0] - 1.0
     samples = b2.sample_text(lm, 3, max_length=tokenizer.context_length)
@@ -149,3 +149,10 @@ def test_training_bad_inputs(setup):
         b2.StageConfig(steps=5, warmup_steps=5)
     with pytest.raises(ValueError, match="image_width=32"):
         b2.Blip2Stage1(b2.QFormerConfig(vocab_size=qcfg.vocab_size, image_width=64), setup[2])
+
+
+def test_paired_captions_put_the_second_right_after_the_first():
+    first = torch.tensor([[1, 5, 2, 0], [1, 5, 6, 2]])
+    second = torch.tensor([[1, 7, 2, 0], [1, 8, 2, 0]])
+    out = b2.language_model.paired_captions(first, second, 0)
+    assert out.tolist() == [[1, 5, 2, 1, 7, 2, 0, 0], [1, 5, 6, 2, 1, 8, 2, 0]]

@@ -21,6 +21,7 @@ Modules, in the order the notebook builds them:
 from clipedu.blip2.captioning import Blip2Captioner, beam_search, greedy_decode
 from clipedu.blip2.evaluation import (
     caption_attribute_accuracy,
+    continue_captions,
     generate_captions,
     itc_similarities,
     itm_rerank,
@@ -49,6 +50,7 @@ from clipedu.blip2.objectives import (
 )
 from clipedu.blip2.qformer import QFormer, QFormerConfig, QFormerOutput
 from clipedu.blip2.training import (
+    Blip2Recipe,
     StageConfig,
     StageHistory,
     attribute_keys,
@@ -60,9 +62,10 @@ from clipedu.blip2.training import (
 )
 
 __all__ = [
-    "Blip2Captioner", "Blip2Stage1", "FrozenImageEncoder", "LMConfig", "QFormer", "QFormerConfig",
+    "Blip2Captioner", "Blip2Recipe", "Blip2Stage1", "FrozenImageEncoder", "LMConfig", "QFormer", "QFormerConfig",
     "QFormerOutput", "Stage1Output", "StageConfig", "StageHistory", "TinyLM", "attribute_keys", "beam_search",
-    "bidirectional_mask", "caption_attribute_accuracy", "caption_labels", "count_parameters", "decoder_inputs",
+    "bidirectional_mask", "caption_attribute_accuracy", "caption_labels", "continue_captions", "count_parameters",
+    "decoder_inputs",
     "duplicate_caption_positives", "encode_dataset", "fit", "freeze_", "generate_captions", "greedy_decode",
     "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",
     "objective_mask", "positives_from_keys", "pretrain_language_model", "query_text_similarity", "recall_at_k",

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 
-from clipedu.blip2.captioning import Blip2Captioner
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
 from clipedu.data import CaptionedImages
 from clipedu.data.grammar import parse_caption
@@ -45,14 +44,41 @@ def caption_attribute_accuracy(
 
 
 @torch.no_grad()
-def generate_captions(captioner: Blip2Captioner, features: torch.Tensor, tokenizer, batch_size: int = 256,
-                      **kwargs) -> list[str]:
-    """Captions for every row of ``features`` (N, N_tok, C), in batches (options as ``generate``)."""
-    captioner.eval()
-    device = next(captioner.parameters()).device
+def generate_captions(model, features: torch.Tensor, tokenizer, batch_size: int = 256, **kwargs) -> list[str]:
+    """Captions for every row of ``features`` (N, N_tok, C), in batches, as text.
+
+    ``model`` is a :class:`Blip2Captioner` (the frozen LM writes; options as its ``generate``) or a
+    :class:`Blip2Stage1` (the Q-Former's own ITG decoder writes, greedily).
+    """
+    model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(features), batch_size):
-        out += captioner.caption(features[start : start + batch_size].to(device), tokenizer, **kwargs)
+        ids = model.generate(features[start : start + batch_size].to(device), **kwargs)
+        out += [tokenizer.decode(row) for row in ids]
+    return out
+
+
+@torch.no_grad()
+def continue_captions(lm, tokenizer, texts: Sequence[str], max_length: int | None = None) -> list[str]:
+    """What the LM writes, greedily, after each text (its ``<sot> ... <eot>`` tokens as context).
+
+    Given one caption of a picture, a competent caption LM writes another caption of the same
+    picture: a test that it reads its context, which is all a soft prompt can use. Texts of the
+    same length in tokens share a batch (so no context needs padding).
+    """
+    from clipedu.blip2.captioning import greedy_decode
+
+    lm.eval()
+    device = next(lm.parameters()).device
+    max_length = max_length or tokenizer.context_length
+    encoded = [tokenizer.encode(t) for t in texts]
+    out: list[str | None] = [None] * len(texts)
+    for length in sorted({len(ids) for ids in encoded}):
+        rows = [i for i, ids in enumerate(encoded) if len(ids) == length]
+        context = torch.tensor([encoded[i] for i in rows], device=device)  # (n, length)
+        for i, ids in zip(rows, greedy_decode(lm, lm.token_embed(context), max_length)):
+            out[i] = tokenizer.decode(ids)
     return out
 
 
@@ -80,23 +106,23 @@ def itm_rerank(model: Blip2Stage1, features: torch.Tensor, tokens: torch.Tensor,
     """
     model.eval()
     device = next(model.parameters()).device
-    n_i, n_t = itc.shape
-    results = []
-    for sims, n_other in ((itc, n_t), (itc.t(), n_i)):
-        kk = min(k, n_other)
-        top_sim, top_idx = sims.topk(kk, dim=1)  # (N, k)
-        rows = torch.arange(sims.shape[0])[:, None].expand(-1, kk).flatten()
+
+    def rerank(sims: torch.Tensor, images_are_rows: bool) -> torch.Tensor:
+        kk = min(k, sims.shape[1])
+        top_sim, top_idx = sims.topk(kk, dim=1)  # (N, k) each row's shortlist
+        rows = torch.arange(sims.shape[0])[:, None].expand(-1, kk).flatten()  # (N*k,)
         cols = top_idx.flatten()
-        image_rows, text_rows = (rows, cols) if sims is itc else (cols, rows)
+        image_index, text_index = (rows, cols) if images_are_rows else (cols, rows)
         scores = []
         for s in range(0, len(rows), batch_size):
-            f = features[image_rows[s : s + batch_size]].to(device)
-            t = tokens[text_rows[s : s + batch_size]].to(device)
+            f = features[image_index[s : s + batch_size]].to(device)
+            t = tokens[text_index[s : s + batch_size]].to(device)
             scores.append(model.itm_score(f, t).float().cpu())
         out = torch.full(sims.shape, float("-inf"))
         out[rows, cols] = torch.cat(scores) + top_sim.flatten()
-        results.append(out)
-    return results[0], results[1]
+        return out
+
+    return rerank(itc, images_are_rows=True), rerank(itc.t(), images_are_rows=False)
 
 
 def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:

@@ -9,13 +9,17 @@ ShapesWorld captions, then frozen. What the Q-Former then has to learn is to ste
 put *in front of* the caption in the LM's input embedding space (the soft prompt) so that the
 caption it continues with is the right one for the picture.
 
-Two details make a frozen LM usable this way:
+Three details make a frozen LM usable this way:
 
 - ``forward`` takes ``prefix_embeds``, vectors fed in before the token embeddings, so a prompt
   need not be made of words.
-- A caption after a Q-token prompt starts at position Q, not 0. An LLM trained on long documents
-  knows every position; a model trained only on short captions would not, so during pretraining
-  each caption starts at a random position offset (:func:`pretraining_offsets`).
+- An LLM has read text whose beginning decides how it goes on; that is what lets a prompt steer
+  it. A model trained on single captions never learned to read a context, so ours is trained on
+  *two captions of the same picture* one after the other (:func:`paired_captions`): to predict
+  the second well it must pick up colour, shape, size and place from the first. Still text only.
+- A caption after a Q-vector prompt starts at position Q. An LLM trained on long documents knows
+  every position; to make ours know them too, each pretraining sequence starts at a random
+  position offset (:func:`pretraining_offsets`).
 """
 
 from __future__ import annotations
@@ -141,6 +145,20 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def pretraining_offsets(batch_size: int, max_offset: int, generator=None, device=None) -> torch.Tensor:
     """(B,) random start positions in [0, max_offset] for captions during pretraining."""
     return torch.randint(0, max_offset + 1, (batch_size,), generator=generator).to(device)
+
+
+def paired_captions(first: torch.Tensor, second: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Two padded caption batches (B, L1) and (B, L2) written one after the other, padding only at
+    the end: ``<sot> a big red disc ... <eot> <sot> a large crimson circle ... <eot> <pad> ...``
+    (B, L1 + L2)."""
+    if first.shape[0] != second.shape[0]:
+        raise ValueError(f"{first.shape[0]} first captions but {second.shape[0]} second ones")
+    b, length = first.shape
+    out = torch.full((b, length + second.shape[1]), pad_token_id, dtype=first.dtype, device=first.device)
+    out[:, :length] = first
+    start = (first != pad_token_id).sum(dim=1, keepdim=True)  # (B, 1) where the second one begins
+    columns = start + torch.arange(second.shape[1], device=first.device)  # (B, L2)
+    return out.scatter_(1, columns, second)
 
 
 @torch.no_grad()

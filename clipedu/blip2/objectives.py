@@ -215,6 +215,24 @@ class Blip2Stage1(nn.Module):
         out = self.qformer(image_embeds, inputs, mask="multimodal_causal")
         return self.lm_head(out.text_output), labels
 
+    @torch.no_grad()
+    def generate(self, image_features: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+        """Greedy captions from the Q-Former's own ITG decoder (no LM): ids (B, <= max_length),
+        each row ``<sot> ... <eot>`` then padding, as :meth:`Blip2Captioner.generate` returns them."""
+        max_length = max_length or self.cfg.context_length
+        image_embeds = self.image_embeds(image_features)
+        b = image_embeds.shape[0]
+        tokens = torch.full((b, 1), self.cfg.dec_token_id, dtype=torch.long, device=image_embeds.device)
+        done = torch.zeros(b, dtype=torch.bool, device=image_embeds.device)
+        while tokens.shape[1] < max_length and not done.all():
+            out = self.qformer(image_embeds, tokens, mask="multimodal_causal")
+            nxt = self.lm_head(out.text_output[:, -1]).argmax(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.cfg.pad_token_id), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            done |= nxt == self.cfg.eot_token_id
+        tokens[:, 0] = self.cfg.sot_token_id  # [DEC] was the start signal; report the caption as text
+        return tokens
+
     # -- all three ----------------------------------------------------------------------------------
     def forward(
         self,

@@ -47,6 +47,7 @@ class QFormerConfig:
     context_length: int = 24  # longest text, in tokens
     embed_dim: int = 64  # the ITC space (BLIP-2: 256)
     pad_token_id: int = 0
+    sot_token_id: int = 1  # the text's first token: its output is the caption's ITC feature ([CLS]'s role)
     eot_token_id: int = 2
     init_logit_scale: float = math.log(1 / 0.07)  # ITC's learnable temperature starts at 0.07, as CLIP's
     max_logit_scale: float = math.log(100.0)  # and is clamped to stay above 0.01
@@ -65,7 +66,7 @@ class QFormerConfig:
             )
         if self.width % self.heads:
             raise ValueError(f"Q-Former width ({self.width}) must be divisible by heads ({self.heads})")
-        for name in ("pad_token_id", "eot_token_id"):
+        for name in ("pad_token_id", "sot_token_id", "eot_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} must be in [0, {self.vocab_size}), got {getattr(self, name)}")
 

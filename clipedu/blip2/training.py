@@ -20,7 +20,7 @@ from torch import nn
 
 from clipedu.blip2.captioning import Blip2Captioner
 from clipedu.blip2.frozen import FrozenImageEncoder
-from clipedu.blip2.language_model import TinyLM, caption_labels, lm_loss, pretraining_offsets
+from clipedu.blip2.language_model import TinyLM, caption_labels, lm_loss, paired_captions, pretraining_offsets
 from clipedu.blip2.objectives import Blip2Stage1, duplicate_caption_positives, positives_from_keys
 from clipedu.data import CaptionedImages, DeviceLoader, to_float
 from clipedu.train import TrainingDiverged, make_scheduler, parameter_groups, resolve_precision
@@ -170,25 +170,31 @@ def _check_features(features: torch.Tensor, data: CaptionedImages) -> None:
 
 # --- the three stages -------------------------------------------------------------------------------------
 def pretrain_language_model(
-    lm: TinyLM, tokenizer, texts: list[str], cfg: StageConfig, device=None, progress: bool = True,
-    context_length: int | None = None,
+    lm: TinyLM, tokenizer, data: CaptionedImages, cfg: StageConfig, device=None, progress: bool = True,
 ) -> StageHistory:
-    """Train the tiny LM on caption text alone, each caption starting at a random position."""
+    """Train the tiny LM on caption text alone: two captions of one picture in a row (see
+    :func:`~clipedu.blip2.language_model.paired_captions`), starting at a random position."""
     device = torch.device(device) if device is not None else next(lm.parameters()).device
     lm.to(device)
-    context_length = context_length or tokenizer.context_length
-    tokens = tokenizer(list(texts), context_length=context_length, truncate=True).to(device)  # (M, L)
-    max_offset = lm.cfg.max_positions - context_length
-    if max_offset < 0:
-        raise ValueError(f"the LM's {lm.cfg.max_positions} positions cannot hold {context_length} tokens")
+    context_length = tokenizer.context_length
+    pad = lm.cfg.pad_token_id
+    loader = _loader(data, tokenizer, context_length, cfg.batch_size, device, cfg.seed)
+    batches = loader.forever()
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def step_losses(step):
-        rows = torch.randint(len(tokens), (cfg.batch_size,), generator=gen).to(device)
-        batch = trim_padding(tokens[rows], lm.cfg.pad_token_id)
+        batch = next(batches)
+        # A second caption of each picture, drawn from its list (the loader's table of caption ids).
+        which = (torch.rand(len(batch.index), generator=gen).to(device) * loader.counts[batch.index]).long()
+        second = loader.tokens[loader.caption_ids[batch.index, which]]  # (B, L)
+        tokens = trim_padding(paired_captions(batch.tokens, second, pad), pad)  # (B, <= 2L)
+        max_offset = lm.cfg.max_positions - tokens.shape[1]
+        if max_offset < 0:
+            raise ValueError(f"two captions of {tokens.shape[1]} tokens do not fit in the LM's "
+                             f"{lm.cfg.max_positions} positions; raise max_positions")
         offset = pretraining_offsets(cfg.batch_size, max_offset, gen, device)
-        logits = lm(batch, position_offset=offset)
-        return {"loss": lm_loss(logits, caption_labels(batch, lm.cfg.pad_token_id))}
+        logits = lm(tokens, position_offset=offset)
+        return {"loss": lm_loss(logits, caption_labels(tokens, pad))}
 
     return fit(lm, step_losses, cfg, device, name="language model", progress=progress)
 
@@ -239,3 +245,55 @@ def train_stage2(
         return {"loss": captioner(features[batch.index], tokens)}
 
     return fit(captioner, step_losses, cfg, device, name="stage 2", progress=progress)
+
+
+# --- the recipe the notebook and the benchmark follow ---------------------------------------------------
+@dataclass
+class Blip2Recipe:
+    """Sizes and step counts for the whole BLIP-2 run, in fast mode (a CPU in about a minute) or
+    full mode (a Colab-class GPU in minutes). :meth:`for_mode` gives the course's two recipes."""
+
+    train_images: int
+    test_images: int
+    num_queries: int = 8
+    qformer_width: int = 128
+    qformer_layers: int = 4
+    qformer_heads: int = 4
+    lm_width: int = 128
+    lm_layers: int = 3
+    lm_heads: int = 4
+    lm: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, batch_size=128, lr=2e-3))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=3000, batch_size=128, lr=1e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=1e-3))
+    sweep_queries: tuple[int, ...] = (1, 2, 4, 8, 16)
+    sweep_stage1_steps: int = 1000  # each number of queries: a shorter stage 1, measured by ITC and ITG
+    retrieval_k: int = 16
+
+    @classmethod
+    def for_mode(cls, fast: bool) -> Blip2Recipe:
+        if not fast:
+            return cls(train_images=20_000, test_images=1000)
+        return cls(
+            train_images=2000, test_images=100, qformer_width=64, qformer_layers=2, qformer_heads=2,
+            lm_width=64, lm_layers=2, lm_heads=2,
+            lm=StageConfig(steps=600, batch_size=32, lr=5e-3),
+            stage1=StageConfig(steps=300, batch_size=32, lr=2e-3),
+            stage2=StageConfig(steps=200, batch_size=32, lr=3e-3),
+            sweep_stage1_steps=60, retrieval_k=8,
+        )
+
+    def qformer_config(self, tokenizer, image_width: int, num_queries: int | None = None):
+        from clipedu.blip2.qformer import QFormerConfig
+
+        return QFormerConfig(
+            vocab_size=tokenizer.vocab_size, image_width=image_width,
+            num_queries=self.num_queries if num_queries is None else num_queries,
+            width=self.qformer_width, layers=self.qformer_layers, heads=self.qformer_heads,
+            context_length=tokenizer.context_length, pad_token_id=tokenizer.pad_id, sot_token_id=tokenizer.sot_id,
+            eot_token_id=tokenizer.eot_id,
+        )
+
+    def lm_config(self, tokenizer):
+        from clipedu.blip2.language_model import LMConfig
+
+        return LMConfig.for_tokenizer(tokenizer, width=self.lm_width, layers=self.lm_layers, heads=self.lm_heads)
