@@ -1,0 +1,257 @@
+"""Exercises of notebook 06: the learning-rate schedule, gradient clipping, and the collapse measure."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from clipedu.exercises import Exercise, compare_tensors
+
+
+def _as_float(got) -> float | None:
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            return None
+        got = got.detach().item()
+    try:
+        return float(got)
+    except (TypeError, ValueError):
+        return None
+
+
+def _close(a: float, b: float, rel: float = 1e-4) -> bool:
+    return abs(a - b) <= rel * max(abs(b), 1e-12) + 1e-12
+
+
+# --- 1. warm-up and cosine decay -----------------------------------------------------------------------
+def _scheduler_lrs(base_lr: float, warmup_steps: int, total_steps: int) -> list[float]:
+    """The learning rate of optimiser steps 0 .. total_steps, read from clipedu.train.make_scheduler."""
+    import warnings
+
+    from clipedu.train import make_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    sched = make_scheduler(opt, warmup_steps, total_steps)
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": nothing is trained here
+        for _ in range(total_steps + 1):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    return lrs
+
+
+_SCHEDULES = ((2e-3, 10, 100), (1e-3, 4, 30), (0.5, 1, 12), (3e-4, 25, 26))
+
+
+def _check_learning_rate(learning_rate) -> str | None:
+    for base, warmup, total in _SCHEDULES:
+        expected = _scheduler_lrs(base, warmup, total)
+        for step, want in enumerate(expected):
+            call = f"learning_rate({step}, base_lr={base}, warmup_steps={warmup}, total_steps={total})"
+            raw = learning_rate(step, base, warmup, total)
+            value = _as_float(raw)
+            if value is None:
+                return f"{call} should return one number (a float), got {type(raw).__name__}."
+            if _close(value, want):
+                continue
+            where = "during the warm-up" if step < warmup else "after the warm-up"
+            advice = ""
+            after = (step - warmup) / max(1, total - warmup)  # the cosine's phase after the warm-up
+            if step == 0 and _close(value, 0.0):
+                advice = (" The warm-up starts at base_lr / warmup_steps, not at 0: a step with learning rate 0 "
+                          "would be wasted.")
+            elif step < warmup and _close(value, base * 0.5 * (1 + math.cos(math.pi * step / total))):
+                advice = " There is no warm-up in your schedule: for warmup_steps steps it should rise linearly."
+            elif step < warmup and _close(value, base * step / warmup):
+                advice = " The warm-up starts at base_lr / warmup_steps at step 0, not at 0, and rises by equal steps."
+            elif step >= warmup and _close(value, base * 0.5 * (1 + math.cos(math.pi * step / total))):
+                advice = (" The cosine runs over the steps *after* the warm-up: its phase is "
+                          "(step - warmup_steps) / (total_steps - warmup_steps).")
+            elif step >= warmup and _close(value, base * math.cos(0.5 * math.pi * after)):
+                advice = " Use the half-cosine 0.5 * (1 + cos(pi * phase)), which is flat at both ends."
+            elif step >= warmup and _close(value, base * 0.5 * (1 - math.cos(math.pi * after))):
+                advice = " Your cosine rises; it should fall from base_lr after the warm-up to 0 at total_steps."
+            return f"{call} gave {value:.6g}, expected {want:.6g} ({where}).{advice}"
+    return None
+
+
+def _reference_learning_rate():
+    def learning_rate(step, base_lr, warmup_steps, total_steps):
+        if step < warmup_steps:
+            return base_lr * (1 / warmup_steps + (1 - 1 / warmup_steps) * step / warmup_steps)
+        phase = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return base_lr * 0.5 * (1 + math.cos(math.pi * phase))
+
+    return learning_rate
+
+
+learning_rate = Exercise(
+    name="learning_rate",
+    task="learning_rate(step, base_lr, warmup_steps, total_steps) -> the learning rate of optimiser step `step`",
+    checker=_check_learning_rate,
+    hint_text="Two pieces. While step < warmup_steps the rate rises on a straight line from base_lr / warmup_steps "
+    "(step 0) to base_lr (step warmup_steps). After that, phase = (step - warmup_steps) / (total_steps - "
+    "warmup_steps) goes from 0 to 1 and the rate is base_lr * 0.5 * (1 + cos(pi * phase)).",
+    solution_code="""
+    def learning_rate(step, base_lr, warmup_steps, total_steps):
+        if step < warmup_steps:  # linear: base_lr / warmup_steps at step 0, base_lr at step warmup_steps
+            return base_lr * (1 / warmup_steps + (1 - 1 / warmup_steps) * step / warmup_steps)
+        phase = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 -> 1 after the warm-up
+        return base_lr * 0.5 * (1 + math.cos(math.pi * phase))  # base_lr -> 0
+    """,
+    reference=_reference_learning_rate,
+    mistakes=[
+        (lambda: lambda t, b, w, n: b * 0.5 * (1 + math.cos(math.pi * t / n)), "no warm-up"),
+        (lambda: lambda t, b, w, n: b * t / w if t < w else b * 0.5 * (1 + math.cos(math.pi * (t - w) / (n - w))),
+         "not at 0"),
+        (lambda: lambda t, b, w, n: _reference_learning_rate()(t, b, w, n) if t < w
+         else b * 0.5 * (1 + math.cos(math.pi * t / n)), "after the warm-up"),
+        (lambda: lambda t, b, w, n: _reference_learning_rate()(t, b, w, n) if t < w
+         else b * math.cos(0.5 * math.pi * (t - w) / (n - w)), "half-cosine"),
+        (lambda: lambda t, b, w, n: _reference_learning_rate()(t, b, w, n) if t < w
+         else b * 0.5 * (1 - math.cos(math.pi * (t - w) / (n - w))), "rises"),
+        (lambda: lambda t, b, w, n: [b], "one number"),
+    ],
+    success="that is the recipe's schedule: make_scheduler gives the same rate at every step.",
+)
+
+
+# --- 2. gradient clipping by the global norm -------------------------------------------------------------
+def _grad_cases() -> list[tuple[list[torch.Tensor], float]]:
+    g = torch.Generator().manual_seed(6)
+    shapes = [(4, 3), (3,), (2, 2, 2)]
+    big = [torch.randn(s, generator=g) * 2 for s in shapes]  # total norm about 8: clipped
+    small = [torch.randn(s, generator=g) * 0.05 for s in shapes]  # total norm about 0.2: untouched
+    one_big = [torch.randn(s, generator=g) * (3.0 if k == 0 else 0.01) for k, s in enumerate(shapes)]
+    return [(big, 1.0), (small, 1.0), (one_big, 2.0), (big, 5.0)]
+
+
+def _clip_reference(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    total = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    factor = min(1.0, max_norm / (float(total) + 1e-6))
+    return [g * factor for g in grads]
+
+
+def _check_clip(clip_gradients) -> str | None:
+    for grads, max_norm in _grad_cases():
+        total = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+        call = f"clip_gradients(grads, max_norm={max_norm}) on gradients with total norm {total:.3f}"
+        got = clip_gradients([g.clone() for g in grads], max_norm)
+        if not isinstance(got, (list, tuple)) or len(got) != len(grads):
+            return f"{call} should return a list of {len(grads)} tensors, one per parameter, got {type(got).__name__}."
+        expected = _clip_reference(grads, max_norm)
+        for k, (g, e) in enumerate(zip(got, expected)):
+            problem = compare_tensors(f"gradient {k}", g, e.float(), atol=1e-5)
+            if problem is None:
+                continue
+            if isinstance(g, torch.Tensor) and g.shape == e.shape:
+                if total < max_norm:
+                    return (f"{call}: the total norm is already below max_norm, so the gradients must stay as "
+                            f"they are; clipping only ever scales down. {problem}")
+                per_tensor = grads[k] * min(1.0, max_norm / (float(grads[k].norm()) + 1e-6))
+                if torch.allclose(g.float(), per_tensor.float(), atol=1e-5):
+                    return (f"{call}: you clipped each tensor by its own norm; clip_grad_norm_ uses one norm over "
+                            f"all parameters together, so every gradient is scaled by the same factor. {problem}")
+                if torch.allclose(g.float(), grads[k].clamp(-max_norm, max_norm), atol=1e-5):
+                    return (f"{call}: you clamped each entry; clipping by norm scales the whole gradient by "
+                            f"max_norm / total_norm, keeping its direction. {problem}")
+                if torch.allclose(g.float(), grads[k] * max_norm / total, atol=1e-5):
+                    return (f"{call}: you always rescale to max_norm; clipping only ever scales down, when the "
+                            f"total norm is above max_norm. {problem}")
+            return f"{call}: {problem}"
+    return None
+
+
+clip_gradients = Exercise(
+    name="clip_gradients",
+    task="clip_gradients(grads, max_norm) -> the gradients scaled so their joint norm is at most max_norm",
+    checker=_check_clip,
+    hint_text="Treat all the gradients as one long vector: total = sqrt(sum over tensors of (g ** 2).sum()). "
+    "If total > max_norm, multiply every tensor by max_norm / total (the same factor for all); otherwise "
+    "leave them alone. torch.nn.utils.clip_grad_norm_ adds 1e-6 to total to avoid dividing by zero.",
+    solution_code="""
+    def clip_gradients(grads, max_norm):
+        total = torch.sqrt(sum((g ** 2).sum() for g in grads))   # one norm over every parameter
+        factor = min(1.0, max_norm / (float(total) + 1e-6))       # only ever scale down
+        return [g * factor for g in grads]                        # same factor: the direction is kept
+    """,
+    reference=lambda: _clip_reference,
+    mistakes=[
+        (lambda: lambda grads, m: [g * min(1.0, m / (float(g.norm()) + 1e-6)) for g in grads],
+         "each tensor by its own"),
+        (lambda: lambda grads, m: [g.clamp(-m, m) for g in grads], "clamped each entry"),
+        (lambda: lambda grads, m: [g * m / float(torch.sqrt(sum((x**2).sum() for x in grads))) for g in grads],
+         "scales down"),
+        (lambda: lambda grads, m: torch.cat([g.flatten() for g in grads]), "list of 3 tensors"),
+    ],
+    success="that is clip_grad_norm_: one norm over all parameters, and a step never longer than max_norm.",
+)
+
+
+# --- 3. how alike a batch of embeddings is ----------------------------------------------------------------
+def _embedding_cases() -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    spread = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    direction = torch.randn(1, 16, generator=g)
+    collapsed = F.normalize(direction + 0.05 * torch.randn(6, 16, generator=g), dim=-1)
+    opposite = torch.cat([direction.expand(4, 16), -direction.expand(4, 16)])  # (8, 16)
+    half = F.normalize(opposite + 0.1 * torch.randn(8, 16, generator=g), dim=-1)
+    return [("8 random unit vectors", spread), ("6 nearly equal unit vectors", collapsed),
+            ("4 vectors and their 4 opposites", half), ("2 unit vectors", spread[:2])]
+
+
+def _mean_cosine_reference(embeds: torch.Tensor) -> float:
+    b = embeds.shape[0]
+    sims = embeds @ embeds.t()  # (B, B)
+    return ((sims.sum() - sims.diagonal().sum()) / (b * (b - 1))).item()
+
+
+def _check_mean_cosine(mean_off_diagonal_cosine) -> str | None:
+    for name, embeds in _embedding_cases():
+        b = embeds.shape[0]
+        call = f"mean_off_diagonal_cosine(embeds) on {name} ({b}, {embeds.shape[1]})"
+        raw = mean_off_diagonal_cosine(embeds.clone())
+        value = _as_float(raw)
+        if value is None:
+            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            return f"{call} should return one number, got {shape}: average the B x B cosines off the diagonal."
+        expected = _mean_cosine_reference(embeds)
+        if _close(value, expected, 1e-4) or abs(value - expected) < 1e-5:
+            continue
+        sims = embeds @ embeds.t()
+        if abs(value - sims.mean().item()) < 1e-5:
+            return (f"{call} gave {value:.4f}, expected {expected:.4f}: you averaged over the diagonal too. Each "
+                    f"vector's cosine with itself is 1, which pulls the mean towards 1; leave the {b} diagonal "
+                    f"entries out and divide by B * (B - 1) = {b * (b - 1)}.")
+        if abs(value - (sims.sum() - sims.diagonal().sum()).item() / (b * b)) < 1e-5:
+            return (f"{call} gave {value:.4f}, expected {expected:.4f}: there are B * (B - 1) = {b * (b - 1)} "
+                    f"pairs off the diagonal, not B * B = {b * b}.")
+        return f"{call} gave {value:.4f}, expected {expected:.4f}."
+    return None
+
+
+mean_off_diagonal_cosine = Exercise(
+    name="mean_off_diagonal_cosine",
+    task="mean_off_diagonal_cosine(embeds) -> the mean cosine between different rows of (B, E) unit vectors",
+    checker=_check_mean_cosine,
+    hint_text="embeds @ embeds.T is the (B, B) matrix of cosines (the rows are unit vectors). Its diagonal is "
+    "each vector with itself (always 1): leave it out, and average the B * (B - 1) other entries.",
+    solution_code="""
+    def mean_off_diagonal_cosine(embeds):
+        b = embeds.shape[0]
+        sims = embeds @ embeds.t()                                  # (B, B) cosines
+        return (sims.sum() - sims.diagonal().sum()) / (b * (b - 1))  # every pair i != j
+    """,
+    reference=lambda: lambda e: _mean_cosine_reference(e),
+    mistakes=[
+        (lambda: lambda e: (e @ e.t()).mean(), "diagonal too"),
+        (lambda: lambda e: ((e @ e.t()).sum() - e.shape[0]) / e.shape[0] ** 2, "not B * B"),
+        (lambda: lambda e: e @ e.t(), "one number"),
+    ],
+    success="that is the number History logs as image_similarity and text_similarity: near 1, the batch has collapsed.",
+)
