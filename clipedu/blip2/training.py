@@ -276,10 +276,10 @@ class Blip2Recipe:
         return cls(
             train_images=2000, test_images=100, qformer_width=64, qformer_layers=2, qformer_heads=2,
             lm_width=64, lm_layers=2, lm_heads=2,
-            lm=StageConfig(steps=600, batch_size=32, lr=5e-3),
+            lm=StageConfig(steps=1500, batch_size=64, lr=2e-3),  # fewer steps leave size words unread
             stage1=StageConfig(steps=300, batch_size=32, lr=2e-3),
             stage2=StageConfig(steps=200, batch_size=32, lr=3e-3),
-            sweep_stage1_steps=60, retrieval_k=8,
+            sweep_queries=(1, 4, 16), sweep_stage1_steps=100, retrieval_k=8,
         )
 
     def qformer_config(self, tokenizer, image_width: int, num_queries: int | None = None):
