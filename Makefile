@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clipedu-installed
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: venv lab test test-unit test-notebooks bench student test-browser lint clean colab-links
+.PHONY: venv lab test test-unit test-notebooks bench student test-browser lint clean colab-links test-student
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chrom
 
 student: venv  ## student versions (solutions replaced by stubs) in build/student/
 	$(PY) -m clipedu.course student
+
+test-student: student  ## the student versions under nbval (stubbed exercise cells may raise); NB=00 01 for some
+	CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),build/student/$(n)_*.ipynb),build/student) $(NBVAL)
 
 bench: venv  ## speed and quality tables (never part of the tests)
 	$(PY) benchmarks/bench_model.py
