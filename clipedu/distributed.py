@@ -270,6 +270,7 @@ def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embed
         loss.backward()
         torch.save({"loss": loss.detach(), "image_grad": img.grad, "text_grad": txt.grad, "scale_grad": scale.grad},
                    f"{folder}/rank{rank}.pt")
+        dist.barrier()  # no process tears down its connections while another still uses them
     finally:
         dist.destroy_process_group()
 
@@ -291,10 +292,17 @@ def loss_on_processes(
 
     check_embeddings(image_embeds, text_embeds)
     check_batch_divides(image_embeds.shape[0], world_size)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as folder:
-        args = (world_size, port, folder, image_embeds.detach().cpu(), text_embeds.detach().cpu(), float(logit_scale))
-        mp.spawn(_loss_worker, args=args, nprocs=world_size, join=True)
-        return [torch.load(f"{folder}/rank{r}.pt") for r in range(world_size)]
+    for attempt in range(2):  # a second try on a new port if the first set of processes died
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # a free port for the rendezvous
+        with tempfile.TemporaryDirectory() as folder:
+            args = (world_size, port, folder, image_embeds.detach().cpu(), text_embeds.detach().cpu(),
+                    float(logit_scale))
+            try:
+                mp.spawn(_loss_worker, args=args, nprocs=world_size, join=True)
+            except mp.ProcessExitedException:
+                if attempt == 1:
+                    raise
+                continue
+            return [torch.load(f"{folder}/rank{r}.pt") for r in range(world_size)]
