@@ -46,3 +46,16 @@ def test_unfinished_and_crashing_answers_get_feedback_not_tracebacks():
     assert "not filled in yet" in ex.check(unfinished).message
     assert "raised ZeroDivisionError" in ex.check(lambda: 1 / 0).message
     assert isinstance(ex.check(lambda: 2), Feedback) and ex.check(lambda: 2)
+
+
+def test_as_number_takes_one_number_in_any_form_and_refuses_the_rest():
+    import numpy as np
+    import torch
+
+    from clipedu.exercises import as_number
+
+    assert as_number(0.5) == 0.5 and as_number(3) == 3.0
+    assert as_number(torch.tensor(2.5)) == 2.5 and as_number(torch.tensor([2.5])) == 2.5
+    assert as_number(np.float64(1.5)) == 1.5 and as_number(np.array([1.5])) == 1.5
+    for bad in (torch.zeros(2), np.zeros(3), [1.0], "one", None):
+        assert as_number(bad) is None

@@ -99,6 +99,23 @@ def compare_tensors(name: str, got, expected: torch.Tensor, atol: float = 1e-5) 
     return None
 
 
+def as_number(got) -> float | None:
+    """``got`` as a Python float when it is one number (a float, an int, a one-element tensor or
+    array); None otherwise, so a checker can say what it expected."""
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            return None
+        got = got.detach().item()
+    elif hasattr(got, "size") and hasattr(got, "item"):  # a NumPy array or scalar
+        if got.size != 1:
+            return None
+        got = got.item()
+    try:
+        return float(got)
+    except (TypeError, ValueError):
+        return None
+
+
 def compare_numbers(name: str, got, expected: float, rel: float = 1e-4) -> str | None:
     try:
         value = float(got)

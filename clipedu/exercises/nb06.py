@@ -7,18 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, compare_tensors
-
-
-def _as_float(got) -> float | None:
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            return None
-        got = got.detach().item()
-    try:
-        return float(got)
-    except (TypeError, ValueError):
-        return None
+from clipedu.exercises import Exercise, as_number, compare_tensors
 
 
 def _close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -54,7 +43,7 @@ def _check_learning_rate(learning_rate) -> str | None:
         for step, want in enumerate(expected):
             call = f"learning_rate({step}, base_lr={base}, warmup_steps={warmup}, total_steps={total})"
             raw = learning_rate(step, base, warmup, total)
-            value = _as_float(raw)
+            value = as_number(raw)
             if value is None:
                 return f"{call} should return one number (a float), got {type(raw).__name__}."
             if _close(value, want):
@@ -216,7 +205,7 @@ def _check_mean_cosine(mean_off_diagonal_cosine) -> str | None:
         b = embeds.shape[0]
         call = f"mean_off_diagonal_cosine(embeds) on {name} ({b}, {embeds.shape[1]})"
         raw = mean_off_diagonal_cosine(embeds.clone())
-        value = _as_float(raw)
+        value = as_number(raw)
         if value is None:
             shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
             return f"{call} should return one number, got {shape}: average the B x B cosines off the diagonal."

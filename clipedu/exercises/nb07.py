@@ -5,18 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, compare_tensors
-
-
-def _number(got) -> float | None:
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            return None
-        got = got.detach().item()
-    try:
-        return float(got)
-    except (TypeError, ValueError):
-        return None
+from clipedu.exercises import Exercise, as_number, compare_tensors
 
 
 def _shape(got) -> str:
@@ -106,7 +95,7 @@ def _check_recall(recall_at_k) -> str | None:
         n = sims.shape[0]
         call = f"recall_at_k(similarities, k={k}) on an ({n}, {n}) matrix"
         got = recall_at_k(sims.clone(), k)
-        value = _number(got)
+        value = as_number(got)
         if value is None:
             return f"{call} should return one number (a fraction of the {n} images), got {_shape(got)}."
         expected = _recall_reference(sims, k)
@@ -188,7 +177,7 @@ def _check_negclip(negclip_loss) -> str | None:
         b = img.shape[0]
         call = f"negclip_loss(image_embeds, text_embeds, negative_embeds, scale={scale}) with B={b}"
         got = negclip_loss(img.clone(), txt.clone(), neg.clone(), scale)
-        value = _number(got)
+        value = as_number(got)
         if value is None:
             return f"{call} should return one number (the batch's loss), got {_shape(got)}."
         expected = _negclip_reference(img, txt, neg, scale).item()

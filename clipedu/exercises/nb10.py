@@ -8,18 +8,7 @@ import math
 import numpy as np
 import torch
 
-from clipedu.exercises import Exercise
-
-
-def _number(got) -> float | None:
-    if isinstance(got, torch.Tensor | np.ndarray):
-        if (got.size if isinstance(got, np.ndarray) else got.numel()) != 1:
-            return None
-        got = got.item()
-    try:
-        return float(got)
-    except (TypeError, ValueError):
-        return None
+from clipedu.exercises import Exercise, as_number
 
 
 # --- 1. standardising with the training set's statistics ----------------------------------------------
@@ -189,7 +178,7 @@ def _check_probe(probe_test_accuracy) -> str | None:
         case = _c_case(seed)
         call = f"probe_test_accuracy(...) on synthetic problem {seed} with cs={list(_CS)}"
         got = probe_test_accuracy(*(np.array(a, copy=True) for a in case), list(_CS))
-        value = _number(got)
+        value = as_number(got)
         if value is None:
             return f"{call} should return one number, the test accuracy, got {type(got).__name__}."
         acc = _accuracies(*case)
@@ -287,7 +276,7 @@ def _check_worth(shots_worth) -> str | None:
     for curve, zs in _CURVES:
         call = f"shots_worth({curve}, zero_shot_accuracy={zs})"
         got = shots_worth(dict(curve), zs)
-        value = _number(got)
+        value = as_number(got)
         if value is None:
             return f"{call} should return one number (shots per class), got {type(got).__name__}."
         expected = _worth_reference(curve, zs)

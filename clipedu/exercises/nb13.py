@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise
+from clipedu.exercises import Exercise, as_number
 from clipedu.losses import clip_loss
 
 
@@ -17,13 +17,6 @@ def _embeddings(b: int, e: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch
     return img, txt
 
 
-def _number(got) -> float | None:
-    if isinstance(got, torch.Tensor):
-        return float(got.detach()) if got.numel() == 1 else None
-    try:
-        return float(got)
-    except (TypeError, ValueError):
-        return None
 
 
 def _close(a: float, b: float) -> bool:
@@ -48,7 +41,7 @@ def _check_local_loss(local_loss) -> str | None:
             call = (f"local_loss(image_embeds, text_embeds, scale={scale}, rank={rank}, world={world}) "
                     f"on a batch of {batch}")
             got = local_loss(img.clone(), txt.clone(), scale, rank, world)
-            value = _number(got)
+            value = as_number(got)
             if value is None:
                 shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
                 return f"{call} should return one number (the mean over this process's {b} rows), got {shape}."
@@ -187,7 +180,7 @@ def _check_accumulate(accumulate) -> str | None:
         got = _grads(params)
         if all(g is None for g in got):
             return f"{call} left every .grad empty: call .backward() on the loss of each pass."
-        value = _number(result)
+        value = as_number(result)
         if value is not None and not _close(value, loss):
             return (f"{call} returned the loss {value:.5g}, but the whole batch's loss is {loss:.5g}: every pass "
                     "computes the loss of the whole batch (cached features with one micro-batch fresh).")
@@ -260,8 +253,8 @@ def _own_loss_per_micro_batch(encode_images, encode_texts, log_scale, images, te
         (clip_loss(encode_images(images[part]), encode_texts(texts[part]), log_scale.exp()) / k).backward()
 
 
-def _scale_every_pass(encode_images, encode_texts, log_scale, images, texts, k):
-    """A typical mistake: the scale keeps its graph in every pass, so its gradient is counted k times."""
+def _cached_passes(encode_images, encode_texts, log_scale, images, texts, k, scale_every_pass, divide_by_k):
+    """Accumulation with cached features, with one of two typical mistakes switched on."""
     m = images.shape[0] // k
     parts = [slice(j * m, (j + 1) * m) for j in range(k)]
     with torch.no_grad():
@@ -269,20 +262,17 @@ def _scale_every_pass(encode_images, encode_texts, log_scale, images, texts, k):
     for j, p in enumerate(parts):
         img = torch.cat(ci[:j] + [encode_images(images[p])] + ci[j + 1:])
         txt = torch.cat(ct[:j] + [encode_texts(texts[p])] + ct[j + 1:])
-        loss = clip_loss(img, txt, log_scale.exp())
-        loss.backward()
-    return loss
+        keep_graph = scale_every_pass or j == k - 1
+        loss = clip_loss(img, txt, log_scale.exp() if keep_graph else log_scale.exp().detach())
+        (loss / k if divide_by_k else loss).backward()
+    return None if divide_by_k else loss
+
+
+def _scale_every_pass(encode_images, encode_texts, log_scale, images, texts, k):
+    """A typical mistake: the scale keeps its graph in every pass, so its gradient is counted k times."""
+    return _cached_passes(encode_images, encode_texts, log_scale, images, texts, k, True, False)
 
 
 def _divided_by_k(encode_images, encode_texts, log_scale, images, texts, k):
     """A typical mistake: the habit from classification, dividing each pass's loss by k."""
-    m = images.shape[0] // k
-    parts = [slice(j * m, (j + 1) * m) for j in range(k)]
-    with torch.no_grad():
-        ci, ct = [encode_images(images[p]) for p in parts], [encode_texts(texts[p]) for p in parts]
-    for j, p in enumerate(parts):
-        img = torch.cat(ci[:j] + [encode_images(images[p])] + ci[j + 1:])
-        txt = torch.cat(ct[:j] + [encode_texts(texts[p])] + ct[j + 1:])
-        scale = log_scale.exp() if j == k - 1 else log_scale.exp().detach()
-        (clip_loss(img, txt, scale) / k).backward()
-    return None
+    return _cached_passes(encode_images, encode_texts, log_scale, images, texts, k, False, True)
