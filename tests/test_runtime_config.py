@@ -70,3 +70,22 @@ def test_init_scale_above_clamp_is_an_error():
 def test_non_positive_sizes_are_errors():
     with pytest.raises(ValueError, match="VisionConfig.layers must be a positive int, got 0"):
         preset("tiny", vision_layers=0)
+
+
+def test_small_model_threads_is_one_thread_only_in_fast_mode_on_a_cpu(tmp_path):
+    import torch
+
+    from clipedu.runtime import Runtime
+
+    before = torch.get_num_threads()
+    fast_cpu = Runtime(torch.device("cpu"), True, 0, False, tmp_path, tmp_path)
+    with fast_cpu.small_model_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    full_cpu = Runtime(torch.device("cpu"), False, 0, False, tmp_path, tmp_path)
+    with full_cpu.small_model_threads():
+        assert torch.get_num_threads() == before
+    once = fast_cpu.small_model_threads()  # called without `with`: in effect until restore()
+    assert torch.get_num_threads() == 1
+    once.restore()
+    assert torch.get_num_threads() == before
