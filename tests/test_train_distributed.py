@@ -123,6 +123,7 @@ def _worker(rank, port, tmp):
             except ValueError as exc:
                 results[name] = str(exc)
         torch.save(results, tmp / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
