@@ -34,8 +34,8 @@ from machine import describe_machine  # noqa: E402
 
 from clipedu import blip2 as b2  # noqa: E402
 from clipedu.data import get_dataset  # noqa: E402
+from clipedu.runs import train_or_load  # noqa: E402
 from clipedu.runtime import pick_device, seed_everything  # noqa: E402
-from clipedu.train import train_or_load  # noqa: E402
 
 
 def parse_args(argv=None):

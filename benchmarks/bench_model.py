@@ -70,7 +70,7 @@ def step_fn(model, is_open_clip, images, tokens, optimizer, amp_dtype):
                 img, txt, scale = model(images, tokens)[:3]
             else:
                 out = model(images, tokens)
-                img, txt, scale = out.image_embeds, out.text_embeds, out.logit_scale
+                img, txt, scale = out.image_embeds, out.text_embeds, out.scale
             loss = clip_loss(img, txt, scale)
         loss.backward()
         optimizer.step()

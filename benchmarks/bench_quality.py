@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
-from clipedu import CLIP, preset  # noqa: E402
+from clipedu import CLIP  # noqa: E402
 from clipedu.data import ShapesWorld, build_tokenizer  # noqa: E402
 from clipedu.evaluate import (  # noqa: E402
     caption_pairs,
@@ -46,8 +47,8 @@ from clipedu.evaluate import (  # noqa: E402
     retrieval_recall,
     zero_shot,
 )
-from clipedu.runtime import pick_device, seed_everything  # noqa: E402
-from clipedu.train import Trainer, default_train_config, estimate_steps  # noqa: E402
+from clipedu.runs import default_train_config, estimate_steps, new_trainer  # noqa: E402
+from clipedu.runtime import pick_device  # noqa: E402
 
 ATTRIBUTES = ("shape", "colour", "size", "position")
 
@@ -59,12 +60,10 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
     held = world.generate(1000, "heldout", seed=seed + 1000)
     tokenizer = build_tokenizer(train)
     cfg = default_train_config("tiny", fast=False, seed=seed)
-    model_cfg = preset("tiny", vocab_size=tokenizer.vocab_size)
-    cfg.steps = estimate_steps(model_cfg, tokenizer, train, cfg, device, seconds=budget)
-    cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps // 5)
-    seed_everything(seed)
-    model = CLIP(model_cfg)
-    trainer = Trainer(model, tokenizer, train, cfg, device=device)
+    steps = estimate_steps("tiny", train, cfg, device, seconds=budget, tokenizer=tokenizer)
+    cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 5))
+    trainer = new_trainer("tiny", train, cfg, tokenizer=tokenizer, device=device)  # seeded with cfg.seed
+    model = trainer.model
     start = time.perf_counter()
     history = trainer.fit(progress=False)
     seconds = time.perf_counter() - start
@@ -89,7 +88,7 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
     if probes:
         probe_train = world.generate(2000, "train", seed=seed + 2000)
         torch.manual_seed(seed + 1)
-        random_model = CLIP(model_cfg).eval()
+        random_model = CLIP(model.cfg).eval()
         feats = {
             "clip": (encode_images(model, probe_train, features=True), encode_images(model, test, features=True)),
             "random": (encode_images(random_model, probe_train, features=True),

@@ -51,7 +51,8 @@ def _worker(rank, world, port, args, data, accum_steps, batch_size, threads, out
 
     from clipedu import CLIP, preset
     from clipedu.data import build_tokenizer
-    from clipedu.train import TrainConfig, Trainer
+    from clipedu.loop import TrainConfig
+    from clipedu.train import Trainer
 
     torch.set_num_threads(threads)
     device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")
@@ -62,8 +63,7 @@ def _worker(rank, world, port, args, data, accum_steps, batch_size, threads, out
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         tok = build_tokenizer(data)
-        cfg = preset(args.preset, vocab_size=tok.vocab_size, eot_token_id=tok.eot_id, pad_token_id=tok.pad_id,
-                     context_length=tok.context_length)
+        cfg = preset(args.preset).for_tokenizer(tok)
         torch.manual_seed(0)
         steps = args.warmup + args.steps
         train_cfg = TrainConfig(steps=steps + 1, warmup_steps=1, batch_size=batch_size, accum_steps=accum_steps,

@@ -19,9 +19,32 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import matplotlib
+import torch
+import torch.distributed as dist
+
+from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from clipedu.clip import CLIP
+from clipedu.data import DATASET_NAMES, get_dataset
+from clipedu.distributed import broadcast_object, current, init_from_env
+from clipedu.evaluate import encode_images, linear_probe, pixel_features, report
+from clipedu.loop import TrainConfig
+from clipedu.runs import (
+    default_train_config,
+    estimate_steps,
+    model_from_checkpoint,
+    run_dir,
+    train_or_load,
+    training_data,
+)
+from clipedu.runtime import is_fast, pick_device
+from clipedu.viz.training import plot_history
+
 EXIT_BAD_INPUT = 2
+TRAINABLE_PRESETS = ("tiny", "small")  # the presets with a recipe in clipedu.runs.default_train_config
 
 
 class CLIError(Exception):
@@ -49,8 +72,6 @@ def _write_metrics(out_dir: Path, section: str, metrics: dict) -> None:
 def _main_first(load):
     """``load()`` on rank 0 first (it may download into a shared cache), then on the others; a
     failure on rank 0 stops every process with its message instead of leaving them waiting."""
-    from clipedu.distributed import broadcast_object, current
-
     info = current()
     if not info.enabled:
         return load()
@@ -72,40 +93,32 @@ def cmd_train(args) -> int:
     try:
         return _train(args)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():  # joined under torchrun
             dist.destroy_process_group()
 
 
+def _train_config(args, fast: bool, state: dict | None) -> TrainConfig:
+    """The recipe: the checkpoint's when resuming, else the preset's; the options override it."""
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("seed", args.seed), ("hard_negatives", args.hard_negatives or None),
+                                   ("accum_steps", args.accum_steps))
+                 if v is not None}
+    if state is not None:
+        return TrainConfig.from_dict({**state["train_config"], **overrides})
+    cfg = default_train_config(args.preset, fast, **{k: v for k, v in overrides.items() if k != "steps"})
+    if args.steps is not None:
+        return replace(cfg, steps=args.steps, warmup_steps=min(cfg.warmup_steps, max(0, args.steps // 10)))
+    return cfg
+
+
 def _train(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import torch
-
-    from clipedu import CLIP, preset
-    from clipedu.config import preset_names
-    from clipedu.data import DATASET_NAMES, build_tokenizer, get_dataset
-    from clipedu.distributed import broadcast_object, init_from_env
-    from clipedu.evaluate import report
-    from clipedu.runtime import is_fast, pick_device, runs_dir, seed_everything
-    from clipedu.tokenizer import WordTokenizer
-    from clipedu.train import (
-        CHECKPOINT_NAME,
-        Trainer,
-        default_train_config,
-        estimate_steps,
-        load_checkpoint,
-        run_dir_name,
-    )
-
-    if args.preset not in preset_names() or args.preset == "ViT-B/32":
+    matplotlib.use("Agg")  # the training curves go to a file
+    if args.preset not in TRAINABLE_PRESETS:
         raise CLIError(f"unknown or untrainable preset {args.preset!r}; expected 'tiny' or 'small'")
     if not (args.dataset in DATASET_NAMES[:-1] or args.dataset.startswith("folder:")):
         raise CLIError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
     fast = is_fast() if args.fast is None else args.fast
-    out_dir = Path(args.out) if args.out else runs_dir() / run_dir_name(args.dataset, args.preset, fast)
+    out_dir = Path(args.out) if args.out else run_dir(args.dataset, args.preset, fast)
     checkpoint = out_dir / CHECKPOINT_NAME
     if args.resume and not checkpoint.exists():
         raise CLIError(f"--resume: nothing to resume in {out_dir} (no {CHECKPOINT_NAME})")
@@ -124,51 +137,21 @@ def _train(args) -> int:
         device = torch.device("cuda", info.local_rank)
     say = print if info.is_main else (lambda *args, **kwargs: None)
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("seed", args.seed), ("hard_negatives", args.hard_negatives or None),
-                                   ("accum_steps", args.accum_steps))
-                 if v is not None}
     state = None
-    if args.resume:
-        try:
-            state = load_checkpoint(checkpoint)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        from clipedu.train import TrainConfig
-
-        cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
-        if state["dataset"].split("-")[0] != args.dataset.split(":")[0] and not args.dataset.startswith("folder:"):
-            raise CLIError(f"{out_dir} was trained on {state['dataset']!r}, not {args.dataset!r}")
-    else:
-        try:
-            cfg = default_train_config(args.preset, fast, **{k: v for k, v in overrides.items() if k != "steps"})
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if args.steps is not None:
-            cfg.steps = args.steps
-            cfg.warmup_steps = min(cfg.warmup_steps, max(0, args.steps // 10))
     try:
-        options = {"n": 4000} if fast and args.dataset.startswith("shapes") else {}
-        data = _main_first(lambda: get_dataset(args.dataset, "train", **options))
+        if args.resume:
+            state = load_checkpoint(checkpoint)
+            if state["dataset"].split("-")[0] != args.dataset.split(":")[0] and not args.dataset.startswith("folder:"):
+                raise CLIError(f"{out_dir} was trained on {state['dataset']!r}, not {args.dataset!r}")
+        cfg = _train_config(args, fast, state)
+        data = _main_first(lambda: training_data(args.dataset, fast))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
-    tokenizer = WordTokenizer.from_dict(state["tokenizer"]) if state else build_tokenizer(data)
-    model_cfg = preset(args.preset, vocab_size=tokenizer.vocab_size, eot_token_id=tokenizer.eot_id,
-                       pad_token_id=tokenizer.pad_id, context_length=tokenizer.context_length)
-    if state is not None and state["config"] != model_cfg.to_dict():
-        raise CLIError(f"the checkpoint in {out_dir} is of another model config than preset {args.preset!r}")
-    seed_everything(cfg.seed)
     if args.minutes is not None and args.steps is None and state is None:
-        cfg.steps = estimate_steps(model_cfg, tokenizer, data, cfg, device, seconds=args.minutes * 60)
-        cfg.steps = broadcast_object(cfg.steps)  # rank 0's clock decides: every process runs as many steps
-        cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps // 10)
+        steps = estimate_steps(args.preset, data, cfg, device, seconds=args.minutes * 60)
+        steps = broadcast_object(steps)  # rank 0's clock decides: every process runs as many steps
+        cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
         say(f"{args.minutes:g} minutes on {device} fit about {cfg.steps} steps of batch {cfg.batch_size}")
-    seed_everything(cfg.seed)
-    model = CLIP(model_cfg)
-    try:
-        trainer = Trainer(model, tokenizer, data, cfg, device=device, out_dir=out_dir)
-    except ValueError as exc:  # a batch that does not split among processes or micro-batches
-        raise CLIError(str(exc)) from None
     if cfg.checkpoint_every == 0:
         cfg.checkpoint_every = max(50, cfg.steps // 10)
     where = str(device)
@@ -180,15 +163,20 @@ def _train(args) -> int:
     say(f"training {args.preset} on {args.dataset} ({len(data)} images) for {cfg.steps} steps on {where}; "
         f"run folder {out_dir}")
     start = time.perf_counter()
-    history = trainer.fit(resume=args.resume, progress=not args.quiet)
+    try:
+        run = train_or_load(args.dataset, args.preset, cfg, out_dir=out_dir, data=data, device=device,
+                            progress=not args.quiet)
+    except ValueError as exc:  # another model config in the folder, a batch that does not split, ...
+        raise CLIError(str(exc)) from None
     if not info.is_main:  # rank 0 alone evaluates, plots and writes
         return 0
-    fig = history.plot(title=f"{args.dataset} / {args.preset}")
+    history = run.history
+    fig = plot_history(history, title=f"{args.dataset} / {args.preset}")
     fig.savefig(out_dir / "training.png", dpi=100)
-    train_metrics = {"steps": trainer.step, "seconds": round(history.seconds, 1),
+    train_metrics = {"steps": history.step[-1], "seconds": round(history.seconds, 1),
                      "final_loss": history.loss[-1], "temperature": history.temperature[-1]}
     with torch.no_grad():
-        metrics = report(trainer.model.eval(), tokenizer, args.dataset, n=500 if fast else 1000)
+        metrics = report(run.model, run.tokenizer, args.dataset, n=500 if fast else 1000)
     _print_table(f"training ({time.perf_counter() - start:.0f} s)", train_metrics)
     _print_table(f"evaluation on the {args.dataset} test split", metrics)
     _write_metrics(out_dir, "train", train_metrics)
@@ -198,8 +186,6 @@ def _train(args) -> int:
 
 
 def _load_run(run: str):
-    from clipedu.train import model_from_checkpoint
-
     path = Path(run)
     try:
         model, tokenizer, state = model_from_checkpoint(path)
@@ -209,8 +195,6 @@ def _load_run(run: str):
 
 
 def cmd_eval(args) -> int:
-    from clipedu.evaluate import report
-
     out_dir, model, tokenizer, state = _load_run(args.run)
     dataset = args.dataset or state["dataset"].rsplit("-", 1)[0]
     metrics = report(model, tokenizer, dataset, n=args.n)
@@ -220,12 +204,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    import torch
-
-    from clipedu import CLIP
-    from clipedu.data import get_dataset
-    from clipedu.evaluate import encode_images, linear_probe, pixel_features
-
     out_dir, model, tokenizer, state = _load_run(args.run)
     dataset = state["dataset"].rsplit("-", 1)[0]
     train = get_dataset(dataset, "train", **({"n": args.n, "seed": 7} if dataset.startswith("shapes") else {}))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipedu.config import CLIPConfig
-from clipedu.text import TextOutput, TextTransformer
-from clipedu.vision import VisionOutput, VisionTransformer
+from clipedu.text import TextTransformer
+from clipedu.vision import VisionTransformer
 
 
 @dataclass
@@ -27,7 +27,7 @@ class CLIPOutput:
     logits_per_text: torch.Tensor  # (B_txt, B_img), the transpose
     image_embeds: torch.Tensor  # (B_img, E), unit length
     text_embeds: torch.Tensor  # (B_txt, E), unit length
-    logit_scale: torch.Tensor  # scalar exp(logit_scale) = 1/temperature
+    scale: torch.Tensor  # scalar s = exp(logit_scale) = 1/temperature, what the losses take
 
 
 class CLIP(nn.Module):
@@ -53,14 +53,12 @@ class CLIP(nn.Module):
         x = self.text(tokens).embedding
         return F.normalize(x, dim=-1) if normalize else x
 
-    def image_outputs(self, images: torch.Tensor, **kwargs) -> VisionOutput:
-        """Everything the image tower computes (features, patch tokens, optional attentions)."""
-        return self.vision(images, **kwargs)
-
-    def text_outputs(self, tokens: torch.Tensor, **kwargs) -> TextOutput:
-        return self.text(tokens, **kwargs)
-
     # --- similarity and temperature ---------------------------------------------------------
+    @property
+    def scale(self) -> torch.Tensor:
+        """s = exp(logit_scale) = 1 / temperature: the multiplier of the cosines."""
+        return self.logit_scale.exp()
+
     @property
     def temperature(self) -> float:
         """tau = 1 / exp(logit_scale); CLIP starts at 0.07."""
@@ -78,13 +76,13 @@ class CLIP(nn.Module):
                 f"image and text embeddings must have the same width, got {image_embeds.shape[-1]} "
                 f"and {text_embeds.shape[-1]}"
             )
-        return self.logit_scale.exp() * image_embeds @ text_embeds.t()
+        return self.scale * image_embeds @ text_embeds.t()
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
         image_embeds = self.encode_image(images)  # (B_img, E)
         text_embeds = self.encode_text(tokens)  # (B_txt, E)
         logits = self.logits(image_embeds, text_embeds)  # (B_img, B_txt)
-        return CLIPOutput(logits, logits.t(), image_embeds, text_embeds, self.logit_scale.exp())
+        return CLIPOutput(logits, logits.t(), image_embeds, text_embeds, self.scale)
 
     # --- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -96,6 +96,15 @@ class CLIPConfig:
             raise ValueError(f"expected a dict with 'vision' and 'text' entries, got {d!r:.200}")
         return cls(**d)
 
+    def for_tokenizer(self, tokenizer, **overrides) -> CLIPConfig:
+        """A copy whose text tower fits ``tokenizer``: its vocabulary size, end-of-text and padding
+        ids and context length (plus any ``overrides``, as :meth:`with_overrides` takes them).
+        ``preset("tiny").for_tokenizer(tokenizer)`` is the course model for that vocabulary.
+        """
+        return self.with_overrides(**{"vocab_size": tokenizer.vocab_size, "eot_token_id": tokenizer.eot_id,
+                                      "pad_token_id": tokenizer.pad_id, "context_length": tokenizer.context_length,
+                                      **overrides})
+
     def with_overrides(self, **overrides) -> CLIPConfig:
         """A copy with some fields changed.
 

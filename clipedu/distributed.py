@@ -17,14 +17,17 @@ Starting processes is PyTorch's job: ``torchrun --nproc_per_node N -m clipedu tr
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from clipedu.losses import check_embeddings, contrastive_logits
+from clipedu.losses import check_embeddings, clip_loss, contrastive_logits, siglip_loss
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ def _check_same_shape_everywhere(x: torch.Tensor, name: str) -> None:
 
 
 def _all_gather_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
+    # Imported here: torch.distributed.nn loads only in a torch built with distributed support.
     from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():
@@ -108,7 +112,7 @@ def gather_features(
 def distributed_clip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    logit_scale: torch.Tensor | float,
+    scale: torch.Tensor | float,
     hard_negatives: torch.Tensor | None = None,
     check_shapes: bool = True,
 ) -> torch.Tensor:
@@ -127,9 +131,7 @@ def distributed_clip_loss(
     check_embeddings(image_embeds, text_embeds)
     info = current()
     if not info.enabled:
-        from clipedu.losses import clip_loss
-
-        return clip_loss(image_embeds, text_embeds, logit_scale, hard_negatives=hard_negatives)
+        return clip_loss(image_embeds, text_embeds, scale, hard_negatives=hard_negatives)
     all_images, all_texts = gather_features(image_embeds, text_embeds, check_shapes=check_shapes)
     b = image_embeds.shape[0]
     columns = all_texts  # (N*b, E)
@@ -142,13 +144,13 @@ def distributed_clip_loss(
             _check_same_shape_everywhere(hard_negatives, "hard negative")
         columns = torch.cat([all_texts, *_all_gather_with_grad(hard_negatives)])  # (N*b + N*H, E)
     labels = torch.arange(b, device=image_embeds.device) + info.rank * b  # (b,)
-    logits_per_image = contrastive_logits(image_embeds, columns, logit_scale)  # (b, N*b [+ N*H])
-    logits_per_text = contrastive_logits(text_embeds, all_images, logit_scale)  # (b, N*b)
+    logits_per_image = contrastive_logits(image_embeds, columns, scale)  # (b, N*b [+ N*H])
+    logits_per_text = contrastive_logits(text_embeds, all_images, scale)  # (b, N*b)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 def per_device_clip_loss(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float, chunks: int
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float, chunks: int
 ) -> torch.Tensor:
     """What N devices would compute if each took the CLIP loss of its own b = B/N pairs only.
 
@@ -157,14 +159,12 @@ def per_device_clip_loss(
     negatives instead of B - 1, the cross-block cells of the B x B matrix never enter the loss,
     and a random model scores ln(b), not ln(B). ``chunks=1`` is the real loss.
     """
-    from clipedu.losses import clip_loss
-
     check_embeddings(image_embeds, text_embeds)
     batch = image_embeds.shape[0]
     if not isinstance(chunks, int) or chunks <= 0 or batch % chunks:
         raise ValueError(f"chunks must be a positive int that divides the batch ({batch}), got {chunks!r}")
     b = batch // chunks
-    losses = [clip_loss(image_embeds[i : i + b], text_embeds[i : i + b], logit_scale) for i in range(0, batch, b)]
+    losses = [clip_loss(image_embeds[i : i + b], text_embeds[i : i + b], scale) for i in range(0, batch, b)]
     return torch.stack(losses).mean()
 
 
@@ -229,7 +229,7 @@ def barrier() -> None:
 def distributed_siglip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    logit_scale: torch.Tensor | float,
+    scale: torch.Tensor | float,
     logit_bias: torch.Tensor | float,
 ) -> torch.Tensor:
     """This process's share of the global SigLIP loss: its images against every process's texts.
@@ -241,22 +241,18 @@ def distributed_siglip_loss(
     check_embeddings(image_embeds, text_embeds)
     info = current()
     if not info.enabled:
-        from clipedu.losses import siglip_loss
-
-        return siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias)
+        return siglip_loss(image_embeds, text_embeds, scale, logit_bias)
     _check_same_shape_everywhere(text_embeds, "text")
     all_texts = torch.cat(_all_gather_with_grad(text_embeds))  # (N*b, E)
     b = image_embeds.shape[0]
-    logits = contrastive_logits(image_embeds, all_texts, logit_scale) + logit_bias  # (b, N*b)
+    logits = contrastive_logits(image_embeds, all_texts, scale) + logit_bias  # (b, N*b)
     labels = -torch.ones_like(logits)
     labels[torch.arange(b), torch.arange(b) + info.rank * b] = 1.0
     return -F.logsigmoid(labels * logits).sum() / b
 
 
 # --- seeing it work: real processes on one machine (notebook 13, tests) ------------------------------
-def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embeds, text_embeds, logit_scale):
-    import os
-
+def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embeds, text_embeds, scale):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -265,7 +261,7 @@ def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embed
         rows = slice(rank * b, (rank + 1) * b)
         img = image_embeds[rows].clone().requires_grad_()  # (b, E): only this process's pairs
         txt = text_embeds[rows].clone().requires_grad_()
-        scale = torch.tensor(float(logit_scale), requires_grad=True)
+        scale = torch.tensor(float(scale), requires_grad=True)
         loss = distributed_clip_loss(img, txt, scale)
         loss.backward()
         torch.save({"loss": loss.detach(), "image_grad": img.grad, "text_grad": txt.grad, "scale_grad": scale.grad},
@@ -276,7 +272,7 @@ def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embed
 
 
 def loss_on_processes(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: float, world_size: int = 2
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float, world_size: int = 2
 ) -> list[dict]:
     """Start ``world_size`` CPU processes (gloo, as torchrun would) that each hold their slice of the
     batch and compute :func:`distributed_clip_loss` and its gradients. Returns one dict per rank:
@@ -285,11 +281,6 @@ def loss_on_processes(
     A few seconds, most of it starting Python in each process. For notebooks and tests: the real
     collectives on one machine, without a GPU.
     """
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
     check_embeddings(image_embeds, text_embeds)
     check_batch_divides(image_embeds.shape[0], world_size)
     for attempt in range(2):  # a second try on a new port if the first set of processes died
@@ -298,7 +289,7 @@ def loss_on_processes(
             port = s.getsockname()[1]  # a free port for the rendezvous
         with tempfile.TemporaryDirectory() as folder:
             args = (world_size, port, folder, image_embeds.detach().cpu(), text_embeds.detach().cpu(),
-                    float(logit_scale))
+                    float(scale))
             try:
                 mp.spawn(_loss_worker, args=args, nprocs=world_size, join=True)
             except mp.ProcessExitedException:

@@ -13,8 +13,9 @@ and the same over columns (which image belongs to text j?) gives loss_t2i. CLIP 
 mean. The three functions :func:`clip_loss_loop`, :func:`clip_loss_matrix` and :func:`clip_loss`
 compute the same number three ways; the tests hold them equal to 1e-6.
 
-All functions here take ``logit_scale`` as the *multiplier* s (what ``model.logit_scale.exp()``
-gives), the convention of open_clip's losses, and expect unit-length embeddings.
+All functions here take ``scale``, the *multiplier* s = ``model.logit_scale.exp()`` (what
+``CLIPOutput.scale`` holds), and expect unit-length embeddings. ``logit_scale`` always names the
+learned log.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ def check_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> N
 
 
 def contrastive_logits(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float
 ) -> torch.Tensor:
     """(B_img, B_txt) scaled similarities, computed in float32 so a scale of 100 never overflows."""
-    return logit_scale * image_embeds.float() @ text_embeds.float().t()
+    return scale * image_embeds.float() @ text_embeds.float().t()
 
 
 def clip_loss_loop(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float
 ) -> torch.Tensor:
     """The teaching form: one softmax per image and one per text, in Python loops."""
     check_embeddings(image_embeds, text_embeds)
@@ -59,21 +60,21 @@ def clip_loss_loop(
     image_embeds, text_embeds = image_embeds.float(), text_embeds.float()
     image_to_text = []
     for i in range(b):  # which text is image i's?
-        scores = logit_scale * (text_embeds @ image_embeds[i])  # (B,) one score per text
+        scores = scale * (text_embeds @ image_embeds[i])  # (B,) one score per text
         image_to_text.append(-(scores[i] - torch.logsumexp(scores, dim=0)))
     text_to_image = []
     for j in range(b):  # which image is text j's?
-        scores = logit_scale * (image_embeds @ text_embeds[j])  # (B,) one score per image
+        scores = scale * (image_embeds @ text_embeds[j])  # (B,) one score per image
         text_to_image.append(-(scores[j] - torch.logsumexp(scores, dim=0)))
     return (torch.stack(image_to_text).mean() + torch.stack(text_to_image).mean()) / 2
 
 
 def clip_loss_matrix(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float
 ) -> torch.Tensor:
     """The matrix form: log-softmax over rows and over columns, then the diagonal."""
     check_embeddings(image_embeds, text_embeds)
-    logits = contrastive_logits(image_embeds, text_embeds, logit_scale)  # (B, B)
+    logits = contrastive_logits(image_embeds, text_embeds, scale)  # (B, B)
     log_p_text_given_image = logits.log_softmax(dim=1)  # each row sums to 1 after exp
     log_p_image_given_text = logits.log_softmax(dim=0)  # each column sums to 1 after exp
     return -(log_p_text_given_image.diagonal().mean() + log_p_image_given_text.diagonal().mean()) / 2
@@ -82,7 +83,7 @@ def clip_loss_matrix(
 def clip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    logit_scale: torch.Tensor | float,
+    scale: torch.Tensor | float,
     hard_negatives: torch.Tensor | None = None,
     positive_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -105,7 +106,7 @@ def clip_loss(
                 f"expected hard negatives of shape (H, {text_embeds.shape[1]}), got {tuple(hard_negatives.shape)}"
             )
         columns = torch.cat([text_embeds, hard_negatives])  # (B + H, E)
-    logits = contrastive_logits(image_embeds, columns, logit_scale)  # (B, B + H)
+    logits = contrastive_logits(image_embeds, columns, scale)  # (B, B + H)
     if positive_mask is None:
         labels = torch.arange(b, device=logits.device)
         loss_i2t = F.cross_entropy(logits, labels)
@@ -128,7 +129,7 @@ def clip_loss(
 def siglip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    logit_scale: torch.Tensor | float,
+    scale: torch.Tensor | float,
     logit_bias: torch.Tensor | float,
 ) -> torch.Tensor:
     """SigLIP's sigmoid loss (Zhai et al., 2023): every (image, text) cell is its own yes/no question.
@@ -139,6 +140,6 @@ def siglip_loss(
     """
     check_embeddings(image_embeds, text_embeds)
     b = image_embeds.shape[0]
-    logits = contrastive_logits(image_embeds, text_embeds, logit_scale) + logit_bias  # (B, B)
+    logits = contrastive_logits(image_embeds, text_embeds, scale) + logit_bias  # (B, B)
     labels = 2 * torch.eye(b, device=logits.device) - 1  # +1 diagonal, -1 elsewhere
     return -F.logsigmoid(labels * logits).sum() / b

@@ -8,8 +8,9 @@ import torch
 
 from clipedu import CLIP, preset
 from clipedu.data import ShapesWorld, build_tokenizer
+from clipedu.loop import TrainConfig
 from clipedu.losses import clip_loss
-from clipedu.train import TrainConfig, Trainer
+from clipedu.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_per_micro_batch_losses_would_give_other_gradients(data):
     model.zero_grad()
     for part in (slice(0, 16), slice(16, 32)):
         out = model(batch.images[part], batch.tokens[part])
-        (clip_loss(out.image_embeds, out.text_embeds, out.logit_scale) / 2).backward()
+        (clip_loss(out.image_embeds, out.text_embeds, out.scale) / 2).backward()
     difference = (model.vision.proj.grad - expected["vision.proj"]).abs().max().item()
     assert difference > 1e-4
 

@@ -56,10 +56,10 @@ def test_stage1_frozen_encoder_gets_no_gradient_and_does_not_change(setup):
     assert counts["frozen"] == sum(p.numel() for p in encoder.parameters())
     # A real optimiser step through the training loop.
     features = b2.encode_dataset(encoder, data)
-    history = b2.train_stage1(model, features, data, tokenizer, b2.StageConfig(steps=2, batch_size=8), progress=False)
+    history = b2.train_stage1(model, features, data, tokenizer, b2.stage_config(steps=2, batch_size=8), progress=False)
     assert same(before_encoder, snapshot(encoder))
     assert not same(before_qformer, snapshot(model.qformer))
-    assert set(history.losses) == {"loss", "itc", "itm", "itg"}
+    assert {"loss", "itc", "itm", "itg", "lr"} <= set(history.series)
     assert model.logit_scale.item() <= qcfg.max_logit_scale
 
 
@@ -78,10 +78,10 @@ def test_stage2_frozen_lm_passes_gradients_through_but_keeps_its_weights(setup):
     assert all(p.grad is None for p in lm.parameters())
     assert captioner.lm_proj.weight.grad.abs().sum() > 0
     assert captioner.qformer.query_tokens.grad.abs().sum() > 0  # through the frozen LM
-    history = b2.train_stage2(captioner, features, data, tokenizer, b2.StageConfig(steps=2, batch_size=8),
+    history = b2.train_stage2(captioner, features, data, tokenizer, b2.stage_config(steps=2, batch_size=8),
                               progress=False)
     assert same(before_lm, snapshot(lm))
-    assert torch.isfinite(torch.tensor(history.losses["loss"])).all()
+    assert torch.isfinite(torch.tensor(history.loss)).all()
     counts = b2.count_parameters(captioner)
     lm_and_encoder = sum(p.numel() for p in lm.parameters()) + sum(p.numel() for p in encoder.parameters())
     assert counts["frozen"] == lm_and_encoder
@@ -91,8 +91,8 @@ def test_language_model_pretraining_learns_the_captions(setup):
     data, tokenizer, _, _, lm_cfg = setup
     lm = b2.TinyLM(lm_cfg)
     history = b2.pretrain_language_model(lm, tokenizer, data,
-                                         b2.StageConfig(steps=60, batch_size=32, lr=1e-2), progress=False)
-    assert history.losses["loss"][-1] < history.losses["loss"][0] - 1.0
+                                         b2.stage_config(steps=60, batch_size=32, lr=1e-2), progress=False)
+    assert history.loss[-1] < history.loss[0] - 1.0
     samples = b2.sample_text(lm, 3, max_length=tokenizer.context_length)
     assert samples.shape[0] == 3 and (samples[:, 0] == tokenizer.sot_id).all()
 
@@ -144,9 +144,13 @@ def test_attribute_keys_and_padding_trim(setup):
 def test_training_bad_inputs(setup):
     data, tokenizer, _, qcfg, _ = setup
     with pytest.raises(ValueError, match="tokens for all 48 images"):
-        b2.train_stage1(b2.Blip2Stage1(qcfg), torch.randn(10, 5, 32), data, tokenizer, b2.StageConfig(steps=1))
+        b2.train_stage1(b2.Blip2Stage1(qcfg), torch.randn(10, 5, 32), data, tokenizer, b2.stage_config(steps=1))
     with pytest.raises(ValueError, match="warmup_steps"):
-        b2.StageConfig(steps=5, warmup_steps=5)
+        b2.stage_config(steps=5, warmup_steps=5)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        b2.train_stage2(b2.Blip2Captioner.from_stage1(b2.Blip2Stage1(qcfg).requires_grad_(False),
+                                                      b2.TinyLM(setup[4])).requires_grad_(False),
+                        b2.encode_dataset(setup[2], data), data, tokenizer, b2.stage_config(steps=1, batch_size=8))
     with pytest.raises(ValueError, match="image_width=32"):
         b2.Blip2Stage1(b2.QFormerConfig(vocab_size=qcfg.vocab_size, image_width=64), setup[2])
 
@@ -156,3 +160,63 @@ def test_paired_captions_put_the_second_right_after_the_first():
     second = torch.tensor([[1, 7, 2, 0], [1, 8, 2, 0]])
     out = b2.language_model.paired_captions(first, second, 0)
     assert out.tolist() == [[1, 5, 2, 1, 7, 2, 0, 0], [1, 5, 6, 2, 1, 8, 2, 0]]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupted_then_resumed(make_loop, out_dir, stop_at):
+    """Run ``make_loop(out_dir)`` until ``stop_at`` (a checkpoint every 3 steps), then resume it in a
+    fresh loop whose model starts from other weights; returns the resumed history."""
+
+    def stop(loop):
+        if loop.step == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        make_loop(out_dir).fit(progress=False, callback=stop)
+    torch.manual_seed(123)  # another process: other weights, other global random state
+    return make_loop(out_dir).fit(resume=True, progress=False)
+
+
+def test_stages_resume_exactly_from_their_checkpoints(setup, tmp_path):
+    """Each stage checkpoints like CLIP's loop: an interrupted run resumed equals the uninterrupted one
+    bit for bit, with the data order and the random draws inside a step (LM offsets, ITM negatives)."""
+    data, tokenizer, encoder, qcfg, lm_cfg = setup
+    features = b2.encode_dataset(encoder, data)
+    cfg = b2.stage_config(steps=8, batch_size=8, lr=3e-3, log_every=1, checkpoint_every=3)
+
+    def lm_loop(out_dir=None):
+        torch.manual_seed(0)
+        return b2.LanguageModelPretraining(b2.TinyLM(lm_cfg), tokenizer, data, cfg, torch.device("cpu"), out_dir)
+
+    def stage1_loop(out_dir=None):
+        torch.manual_seed(0)
+        model = b2.Blip2Stage1(qcfg, encoder)
+        return b2.Stage1Training(model, features, data, tokenizer, cfg, torch.device("cpu"), out_dir)
+
+    def stage2_loop(out_dir=None):
+        torch.manual_seed(0)
+        captioner = b2.Blip2Captioner.from_stage1(b2.Blip2Stage1(qcfg, encoder), b2.TinyLM(lm_cfg))
+        return b2.Stage2Training(captioner, features, data, tokenizer, cfg, torch.device("cpu"), out_dir)
+
+    for name, make_loop in (("lm", lm_loop), ("stage1", stage1_loop), ("stage2", stage2_loop)):
+        full = make_loop().fit(progress=False)
+        resumed = _interrupted_then_resumed(make_loop, tmp_path / name, stop_at=5)
+        assert resumed.step == full.step == list(range(1, 9)), name
+        for key in full.series:
+            if key != "examples_per_s":
+                assert resumed.series[key] == full.series[key], (name, key)
+        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        assert state["step"] == 8 and state["history"]["name"] in ("language model", "stage 1", "stage 2")
+
+
+def test_stage1_trains_in_bfloat16_autocast(setup):
+    data, tokenizer, encoder, qcfg, _ = setup
+    features = b2.encode_dataset(encoder, data)
+    model = b2.Blip2Stage1(qcfg, encoder)
+    history = b2.train_stage1(model, features, data, tokenizer,
+                              b2.stage_config(steps=3, batch_size=8, precision="bf16", log_every=1), progress=False)
+    assert len(history.loss) == 3 and all(torch.isfinite(torch.tensor(history.itc)))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32

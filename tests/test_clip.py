@@ -28,7 +28,7 @@ def test_forward_logits_are_scaled_cosines(tiny_config):
     cos = model.encode_image(images) @ model.encode_text(tokens).t()
     torch.testing.assert_close(out.logits_per_image, cos / 0.07, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
-    assert abs(out.logit_scale.item() - 1 / 0.07) < 1e-3
+    assert abs(out.scale.item() - 1 / 0.07) < 1e-3
 
 
 def test_logit_scale_init_is_configurable_and_clamped(tiny_config):
@@ -51,7 +51,7 @@ def test_gradients_reach_every_parameter(tiny_config):
     model = CLIP(tiny_config)
     images, tokens = _batch(tiny_config)
     out = model(images, tokens)
-    clip_loss(out.image_embeds, out.text_embeds, out.logit_scale).backward()
+    clip_loss(out.image_embeds, out.text_embeds, out.scale).backward()
     # The text positions after the <eot> at index 5 never influence the output, so their position
     # embeddings get no gradient; everything else must.
     for name, p in model.named_parameters():

@@ -3,7 +3,8 @@ import torch
 
 from clipedu import preset
 from clipedu.data import ShapesWorld
-from clipedu.supervised import ClassifierHistory, predict_classes, train_classifier
+from clipedu.loop import History
+from clipedu.supervised import ClassifierLoop, classifier_config, predict_classes, train_classifier
 from clipedu.vision import ViTClassifier
 
 
@@ -20,9 +21,9 @@ def _model(num_classes=8):
 
 def test_learns_an_easy_attribute_well_above_chance(data):
     model = _model()
-    history = train_classifier(model, data, "colour", steps=40, batch_size=64, lr=3e-3, device="cpu",
-                               progress=False)
-    assert isinstance(history, ClassifierHistory)
+    history = train_classifier(model, data, "colour", classifier_config(steps=40, batch_size=64, lr=3e-3),
+                               device="cpu", progress=False)
+    assert isinstance(history, History)
     assert history.step[0] == 1 and history.step[-1] == 40 and len(history.loss) == len(history.lr)
     assert history.loss[-1] < history.loss[0] - 0.5
     accuracy = (predict_classes(model, data) == data.labels["colour"]).float().mean().item()
@@ -34,8 +35,8 @@ def test_same_seed_same_run(data):
     runs = []
     for _ in range(2):
         model = _model()
-        runs.append(train_classifier(model, data, "shape", steps=5, batch_size=32, device="cpu",
-                                     progress=False, log_every=1).loss)
+        runs.append(train_classifier(model, data, "shape", classifier_config(steps=5, batch_size=32, log_every=1),
+                                     device="cpu", progress=False).loss)
     assert runs[0] == runs[1]
 
 
@@ -49,9 +50,27 @@ def test_predict_classes_takes_data_or_images(data):
 
 def test_bad_input_is_explained(data):
     with pytest.raises(ValueError, match="no labels 'texture'"):
-        train_classifier(_model(), data, "texture", steps=2, device="cpu", progress=False)
+        train_classifier(_model(), data, "texture", classifier_config(steps=2), device="cpu", progress=False)
     with pytest.raises(ValueError, match="9 classes|expected \\(32, 9\\)"):
-        train_classifier(_model(num_classes=8), data, "position", steps=2, batch_size=32, device="cpu",
-                         progress=False)
+        train_classifier(_model(num_classes=8), data, "position", classifier_config(steps=2, batch_size=32),
+                         device="cpu", progress=False)
     with pytest.raises(ValueError, match="warmup_steps"):
-        train_classifier(_model(), data, "shape", steps=2, warmup_steps=2, device="cpu", progress=False)
+        classifier_config(steps=2, warmup_steps=2)
+
+
+def test_the_classifier_resumes_exactly_from_its_checkpoint(data, tmp_path):
+    cfg = classifier_config(steps=6, batch_size=32, log_every=1, checkpoint_every=2)
+    full = train_classifier(_model(), data, "shape", cfg, device="cpu", progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(loop):
+        if loop.step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        ClassifierLoop(_model(), data, "shape", cfg, torch.device("cpu"), tmp_path).fit(progress=False, callback=stop)
+    resumed = train_classifier(_model(), data, "shape", cfg, device="cpu", out_dir=tmp_path, resume=True,
+                               progress=False)
+    assert resumed.loss == full.loss and resumed.accuracy == full.accuracy

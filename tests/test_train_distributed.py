@@ -26,8 +26,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clipedu import CLIP, preset
+from clipedu.checkpoint import load_checkpoint
 from clipedu.data import ShapesWorld, build_tokenizer
-from clipedu.train import TrainConfig, Trainer, load_checkpoint
+from clipedu.loop import TrainConfig
+from clipedu.train import Trainer
 
 WORLD = 2
 CFG = TrainConfig(steps=20, batch_size=16, warmup_steps=2, lr=3e-4, log_every=1, seed=3)

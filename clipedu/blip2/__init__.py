@@ -14,7 +14,7 @@ Modules, in the order the notebook builds them:
 - :mod:`~clipedu.blip2.objectives`: ``Blip2Stage1`` and the ITC / ITM / ITG pieces.
 - :mod:`~clipedu.blip2.language_model`: ``TinyLM``, the frozen decoder-only LM.
 - :mod:`~clipedu.blip2.captioning`: ``Blip2Captioner`` (stage 2), greedy and beam decoding.
-- :mod:`~clipedu.blip2.training`: one loop for the LM, stage 1 and stage 2.
+- :mod:`~clipedu.blip2.training`: the LM, stage 1 and stage 2 in the course's loop.
 - :mod:`~clipedu.blip2.evaluation`: caption attribute accuracy, ITC and ITC+ITM retrieval.
 """
 
@@ -51,24 +51,26 @@ from clipedu.blip2.objectives import (
 from clipedu.blip2.qformer import QFormer, QFormerConfig, QFormerOutput
 from clipedu.blip2.training import (
     Blip2Recipe,
-    StageConfig,
-    StageHistory,
+    LanguageModelPretraining,
+    Stage1Training,
+    Stage2Training,
     attribute_keys,
     encode_dataset,
-    fit,
     pretrain_language_model,
+    stage_config,
     train_stage1,
     train_stage2,
 )
 
 __all__ = [
-    "Blip2Captioner", "Blip2Recipe", "Blip2Stage1", "FrozenImageEncoder", "LMConfig", "QFormer", "QFormerConfig",
-    "QFormerOutput", "Stage1Output", "StageConfig", "StageHistory", "TinyLM", "attribute_keys", "beam_search",
+    "Blip2Captioner", "Blip2Recipe", "Blip2Stage1", "FrozenImageEncoder", "LMConfig", "LanguageModelPretraining",
+    "QFormer", "QFormerConfig", "QFormerOutput", "Stage1Output", "Stage1Training", "Stage2Training", "TinyLM",
+    "attribute_keys", "beam_search",
     "bidirectional_mask", "caption_attribute_accuracy", "caption_labels", "continue_captions", "count_parameters",
     "decoder_inputs",
-    "duplicate_caption_positives", "encode_dataset", "fit", "freeze_", "generate_captions", "greedy_decode",
+    "duplicate_caption_positives", "encode_dataset", "freeze_", "generate_captions", "greedy_decode",
     "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",
     "objective_mask", "positives_from_keys", "pretrain_language_model", "query_text_similarity", "recall_at_k",
-    "retrieval_comparison", "sample_hard_negatives", "sample_text", "train_stage1", "train_stage2",
+    "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage_config", "train_stage1", "train_stage2",
     "unimodal_mask", "with_text_padding",
 ]

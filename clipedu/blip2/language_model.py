@@ -142,9 +142,11 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def pretraining_offsets(batch_size: int, max_offset: int, generator=None, device=None) -> torch.Tensor:
-    """(B,) random start positions in [0, max_offset] for captions during pretraining."""
-    return torch.randint(0, max_offset + 1, (batch_size,), generator=generator).to(device)
+def pretraining_offsets(batch_size: int, max_offset: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) random start positions in [0, max_offset] for captions during pretraining, on the
+    generator's device."""
+    device = generator.device if generator is not None else None
+    return torch.randint(0, max_offset + 1, (batch_size,), generator=generator, device=device)
 
 
 def paired_captions(first: torch.Tensor, second: torch.Tensor, pad_token_id: int) -> torch.Tensor:

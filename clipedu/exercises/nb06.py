@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from clipedu.exercises import Exercise, as_number, compare_tensors
+from clipedu.recipe import make_scheduler
 
 
 def _close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -16,11 +18,7 @@ def _close(a: float, b: float, rel: float = 1e-4) -> bool:
 
 # --- 1. warm-up and cosine decay -----------------------------------------------------------------------
 def _scheduler_lrs(base_lr: float, warmup_steps: int, total_steps: int) -> list[float]:
-    """The learning rate of optimiser steps 0 .. total_steps, read from clipedu.train.make_scheduler."""
-    import warnings
-
-    from clipedu.train import make_scheduler
-
+    """The learning rate of optimiser steps 0 .. total_steps, read from clipedu.recipe.make_scheduler."""
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=base_lr)
     sched = make_scheduler(opt, warmup_steps, total_steps)

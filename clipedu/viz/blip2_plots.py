@@ -34,12 +34,13 @@ def plot_masks(masks: dict[str, torch.Tensor], num_queries: int, text_words: lis
     return fig
 
 
-def plot_stage_history(history, ax=None, title: str | None = None):
-    """Every logged loss of one stage against the step."""
+def plot_stage_history(history, ax=None, title: str | None = None, keys=("loss", "itc", "itm", "itg")):
+    """The losses one stage logged (those of ``keys`` it has) against the step."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-    for key, values in history.losses.items():
-        ax.plot(history.step, values, label=key, lw=2 if key == "loss" else 1)
+    for key in keys:
+        if key in history.series:
+            ax.plot(history.step, history.series[key], label=key, lw=2 if key == "loss" else 1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or history.name)

@@ -1,0 +1,193 @@
+"""Runs: train a model once, keep it in a run folder, load it wherever it is needed.
+
+Notebook 06 trains the course's mini-CLIP with :func:`train_or_load`; every later notebook calls
+the same function and finds the checkpoint (or trains it, so each notebook also runs on its own).
+The command line (``clipedu train``) and notebooks that train their own variants (a narrower
+model, hard negatives) go through it too, so a run is named, seeded, saved and reloaded in one
+way everywhere:
+
+    runs/<dataset>-<name>[-fast]/checkpoint.pt      e.g. runs/shapes-tiny-fast/checkpoint.pt
+
+A model is a preset name (``"tiny"``, ``"small"``) or a :class:`~clipedu.config.CLIPConfig`;
+either way its text tower is fitted to the tokenizer built from the training captions
+(:meth:`CLIPConfig.for_tokenizer <clipedu.config.CLIPConfig.for_tokenizer>`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from clipedu.clip import CLIP
+from clipedu.config import CLIPConfig, preset
+from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
+from clipedu.loop import History, TrainConfig
+from clipedu.runtime import is_fast, pick_device, runs_dir, seed_everything
+from clipedu.tokenizer import WordTokenizer
+from clipedu.train import Trainer
+
+FAST_SHAPES_IMAGES = 4000  # ShapesWorld training pictures in fast mode (full mode: the dataset's default)
+
+
+@dataclass
+class Run:
+    """A trained (or loaded) model with everything needed to use it."""
+
+    model: CLIP
+    tokenizer: WordTokenizer
+    history: History
+    train_config: TrainConfig
+    out_dir: Path | None
+    loaded: bool  # True when it came from an existing checkpoint instead of training
+
+
+def default_train_config(preset_name: str = "tiny", fast: bool | None = None, **overrides) -> TrainConfig:
+    """The recipe for a preset, shrunk in fast mode (CI and laptop CPUs).
+
+    tiny: 1,500 steps of batch 128 (about 5 minutes on a 2-core CPU, under a minute on a GPU);
+    fast mode: 150 steps. small: 4,000 steps of batch 256 on a GPU; fast mode: 40 steps.
+    """
+    fast = is_fast() if fast is None else fast
+    if preset_name == "tiny":
+        base = dict(steps=150, warmup_steps=30) if fast else dict(steps=1500, warmup_steps=75)
+        base.update(batch_size=128, lr=2e-3)
+    elif preset_name == "small":
+        if fast:
+            base = dict(steps=40, warmup_steps=8, batch_size=64)
+        else:
+            base = dict(steps=4000, warmup_steps=200, batch_size=256)
+        base.update(lr=1e-3, augment=True)
+    else:
+        raise ValueError(f"no training recipe for preset {preset_name!r}; expected 'tiny' or 'small'")
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def training_data(dataset: str = "shapes", fast: bool | None = None) -> CaptionedImages:
+    """A dataset's training split, with fewer ShapesWorld pictures in fast mode."""
+    fast = is_fast() if fast is None else fast
+    return get_dataset(dataset, "train", **({"n": FAST_SHAPES_IMAGES} if fast and dataset.startswith("shapes") else {}))
+
+
+def run_dir_name(dataset: str, name: str, fast: bool) -> str:
+    """``<dataset>-<name>[-fast]`` with every character that is not a letter or digit made a dash."""
+    safe = lambda s: "".join(ch if ch.isalnum() else "-" for ch in s)  # noqa: E731
+    return f"{safe(dataset)}-{safe(name)}{'-fast' if fast else ''}"
+
+
+def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None) -> Path:
+    """The run folder :func:`train_or_load` uses for this dataset and model name, in this mode."""
+    return runs_dir() / run_dir_name(dataset, name, is_fast() if fast is None else fast)
+
+
+def is_trained(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None) -> bool:
+    """True when :func:`run_dir` holds a finished run (so :func:`train_or_load` only loads it)."""
+    checkpoint = run_dir(dataset, name, fast) / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        return False
+    state = load_checkpoint(checkpoint)
+    return state["step"] >= TrainConfig.from_dict(state["train_config"]).steps
+
+
+def model_config(model: str | CLIPConfig, tokenizer) -> CLIPConfig:
+    """A preset name or a config, with its text tower fitted to ``tokenizer``."""
+    if isinstance(model, str):
+        model = preset(model)
+    if not isinstance(model, CLIPConfig):
+        raise ValueError(f"model must be a preset name or a CLIPConfig, got {type(model).__name__}")
+    return model.for_tokenizer(tokenizer)
+
+
+def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[CLIP, WordTokenizer, dict]:
+    """Rebuild (model, tokenizer, checkpoint dict) from a checkpoint file or run folder."""
+    state = load_checkpoint(path)
+    model = CLIP(CLIPConfig.from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), WordTokenizer.from_dict(state["tokenizer"]), state
+
+
+def new_trainer(model: str | CLIPConfig, data: CaptionedImages, train_config: TrainConfig,
+                tokenizer: WordTokenizer | None = None, device: str | torch.device | None = None,
+                out_dir: str | Path | None = None, eval_fn: Callable[[CLIP], dict] | None = None) -> Trainer:
+    """A :class:`~clipedu.train.Trainer` for a fresh model, its weights drawn after seeding with
+    ``train_config.seed`` (so the same call starts from the same weights). The tokenizer is
+    built from ``data`` unless given."""
+    tokenizer = tokenizer or build_tokenizer(data)
+    cfg = model_config(model, tokenizer)
+    seed_everything(train_config.seed)
+    return Trainer(CLIP(cfg), tokenizer, data, train_config, device=device, out_dir=out_dir, eval_fn=eval_fn)
+
+
+def train_or_load(
+    dataset: str = "shapes",
+    model: str | CLIPConfig = "tiny",
+    train_config: TrainConfig | None = None,
+    *,
+    name: str | None = None,
+    out_dir: str | Path | None = None,
+    data: CaptionedImages | None = None,
+    fast: bool | None = None,
+    device: str | torch.device | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+    callback: Callable | None = None,
+    eval_fn: Callable[[CLIP], dict] | None = None,
+) -> Run:
+    """Load the run in ``out_dir`` when it has trained ``train_config.steps`` steps; otherwise train
+    it (resuming where an interrupted run stopped).
+
+    ``model``: a preset name, or a :class:`~clipedu.config.CLIPConfig` (then also give
+    ``train_config``, and ``name`` or ``out_dir``). ``train_config`` defaults to the preset's
+    :func:`default_train_config`; ``data`` to :func:`training_data`. ``out_dir`` defaults to
+    :func:`run_dir` of ``(dataset, name or the preset name)``, so every notebook that needs the
+    course's mini-CLIP finds the one notebook 06 trained. A run folder that holds another model
+    config is refused unless ``retrain=True``, which trains anew over it.
+    """
+    if not isinstance(model, str) and train_config is None:
+        raise ValueError("a model config needs a train_config (recipes are per preset: default_train_config('tiny'))")
+    if name is None and out_dir is None and not isinstance(model, str):
+        raise ValueError("name the run (name=...) or give out_dir=: a model config has no preset name to file it under")
+    fast = is_fast() if fast is None else fast
+    device = torch.device(device) if device is not None else pick_device()
+    train_config = train_config or default_train_config(model, fast)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir(dataset, name or model, fast)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    tokenizer = None
+    resume = checkpoint.exists() and not retrain
+    if resume:
+        trained, tokenizer, state = model_from_checkpoint(checkpoint, device)
+        if trained.cfg != model_config(model, tokenizer):
+            raise ValueError(f"{out_dir} holds a run of another model config than the one asked for; "
+                             "pass retrain=True to train it anew there, or choose another name or out_dir")
+        if state["step"] >= train_config.steps:
+            saved = TrainConfig.from_dict(state["train_config"])
+            return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
+    data = data if data is not None else training_data(dataset, fast)
+    trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,
+                          eval_fn=eval_fn)
+    history = trainer.fit(resume=resume, progress=progress, callback=callback)
+    return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
+
+
+def estimate_steps(model: str | CLIPConfig, data: CaptionedImages, train_config: TrainConfig, device,
+                   seconds: float, tokenizer: WordTokenizer | None = None) -> int:
+    """How many steps fit in ``seconds``: time a few steps of a throwaway copy of the run."""
+    probe = new_trainer(model, data, replace(train_config, steps=12, warmup_steps=1), tokenizer=tokenizer,
+                        device=device)
+    batches = probe.loader.forever()
+    for _ in range(2):  # the first steps pay for allocation and kernel selection
+        probe.train_step(next(batches))
+    if probe.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(8):
+        probe.train_step(next(batches))
+    if probe.device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / 8
+    return max(10, int(seconds / per_step))

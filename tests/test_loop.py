@@ -1,0 +1,117 @@
+"""The loop every model trains in: its config, its history, its checkpoints, exact resume."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clipedu.checkpoint import load_checkpoint, save_checkpoint
+from clipedu.data import DeviceLoader, ShapesWorld
+from clipedu.loop import History, Loop, TrainConfig, TrainingDiverged
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"format": "clipedu-checkpoint-1", "step": 1})
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"format": "clipedu-checkpoint-1", "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1  # the old checkpoint survived whole
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="is not a clipedu checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_bad_train_configs():
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        TrainConfig(steps=10, warmup_steps=10)
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        TrainConfig(steps=0)
+
+
+def test_warmup_none_is_a_tenth_of_the_steps_and_configs_round_trip():
+    assert TrainConfig(steps=300, warmup_steps=None).warmup_steps == 30
+    cfg = TrainConfig(steps=20, warmup_steps=2, betas=[0.9, 0.95])
+    assert cfg.betas == (0.9, 0.95)
+    assert TrainConfig.from_dict({**cfg.__dict__, "no longer a field": 1}) == cfg
+    with pytest.raises(ValueError, match="log_every must be a positive int"):
+        TrainConfig(log_every=0)
+    with pytest.raises(ValueError, match="does not split into accum_steps=3"):
+        TrainConfig(batch_size=64, accum_steps=3)
+
+
+def test_history_series_read_as_attributes_and_survive_a_round_trip():
+    h = History(name="demo", batch_size=8)
+    h.log(1, loss=2.0, lr=0.1, logit_scale=math.log(10))
+    h.log(10, loss=1.5, lr=0.05, logit_scale=math.log(20))
+    assert h.loss == [2.0, 1.5] and h.last() == 1.5 and h.last("lr") == 0.05
+    assert h.temperature == pytest.approx([0.1, 0.05])
+    with pytest.raises(AttributeError, match="logged no 'accuracy'"):
+        _ = h.accuracy
+    again = History.from_dict(h.to_dict())
+    assert again == h
+    # A checkpoint written before the series were a dict: flat lists beside step.
+    old = {"step": [1], "loss": [3.0], "logit_scale": [2.0], "lr": [0.1], "evals": [], "seconds": 1.0, "batch_size": 4}
+    assert History.from_dict(old).loss == [3.0] and History.from_dict(old).batch_size == 4
+
+
+class Regression(Loop):
+    """A linear model on the pixels' mean colour, with a random draw in every step (as BLIP-2's)."""
+
+    def losses(self, batch):
+        x = batch.images.mean(dim=(2, 3))  # (B, 3)
+        noise = 0.01 * torch.randn(x.shape[0], generator=self.generator)  # (B,)
+        target = batch.images[:, 0].mean(dim=(1, 2)) + noise  # (B,) the red channel
+        loss = ((self.model(x).squeeze(1) - target) ** 2).mean()
+        return {"loss": loss, "half": loss.detach() / 2}
+
+
+def _regression(cfg, out_dir=None):
+    torch.manual_seed(0)
+    data = ShapesWorld(seed=0).generate(64, "train")
+    loader = DeviceLoader(data, lambda texts: torch.zeros(len(texts), 1, dtype=torch.long), batch_size=cfg.batch_size,
+                          device="cpu", shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    return Regression(nn.Linear(3, 1), loader, cfg, torch.device("cpu"), out_dir=out_dir, name="regression")
+
+
+def test_a_loop_logs_its_losses_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig(steps=10, batch_size=16, warmup_steps=2, lr=1e-2, log_every=1, checkpoint_every=4, augment=True)
+    full = _regression(cfg).fit(progress=False)
+    assert full.step == list(range(1, 11)) and set(full.series) == {"loss", "lr", "half", "examples_per_s"}
+    assert full.half == pytest.approx([v / 2 for v in full.loss])
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_6(loop):
+        if loop.step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _regression(cfg, tmp_path).fit(progress=False, callback=stop_at_6)
+    assert load_checkpoint(tmp_path)["step"] == 4
+    torch.manual_seed(123)  # another process: other weights, other global random state
+    resumed = _regression(cfg, tmp_path).fit(resume=True, progress=False)
+    assert resumed.step == full.step and resumed.loss == full.loss and resumed.lr == full.lr
+
+
+def test_a_loop_stops_on_a_non_finite_loss_and_says_where():
+    loop = _regression(TrainConfig(steps=5, batch_size=16, warmup_steps=0, lr=1e30, grad_clip=0))
+    with pytest.raises(TrainingDiverged, match="regression: the loss became .* at step .*nothing was saved"):
+        loop.fit(progress=False)

@@ -1,0 +1,68 @@
+"""Runs: train once, load everywhere; a model config or a preset name; the run folder's name."""
+
+import pytest
+import torch
+
+from clipedu import preset
+from clipedu.data import ShapesWorld
+from clipedu.loop import TrainConfig
+from clipedu.runs import default_train_config, is_trained, run_dir, run_dir_name, train_or_load
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesWorld(seed=0).generate(128, "train")
+
+
+def test_train_or_load_loads_the_finished_run(tmp_path, data):
+    cfg = TrainConfig(steps=2, batch_size=32, warmup_steps=0)
+    first = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path, data=data, device="cpu", progress=False)
+    assert not first.loaded
+    second = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path, data=data, device="cpu", progress=False)
+    assert second.loaded and second.history.loss == first.history.loss
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+    # Asking for more steps than the folder holds continues the run from its checkpoint.
+    longer = train_or_load("shapes", "tiny", TrainConfig(steps=3, batch_size=32, warmup_steps=0), out_dir=tmp_path,
+                           data=data, device="cpu", progress=False)
+    assert not longer.loaded and longer.history.step[-1] == 3 and longer.history.loss[:2] == first.history.loss
+
+
+def test_a_model_config_trains_under_its_own_name(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    narrow = preset("tiny", embed_dim=16, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
+                    text_layers=1, text_heads=2)
+    cfg = TrainConfig(steps=2, batch_size=32, warmup_steps=0)
+    assert not is_trained("shapes", "narrow", fast=True)
+    run = train_or_load("shapes", narrow, cfg, name="narrow", data=data, fast=True, device="cpu", progress=False)
+    assert run.out_dir == run_dir("shapes", "narrow", fast=True) == tmp_path / "shapes-narrow-fast"
+    assert run.model.cfg.vision.width == 32 and run.model.cfg.text.vocab_size == run.tokenizer.vocab_size
+    assert is_trained("shapes", "narrow", fast=True)
+    again = train_or_load("shapes", narrow, cfg, name="narrow", data=data, fast=True, device="cpu", progress=False)
+    assert again.loaded
+    # The same folder asked for another model: refused, nothing overwritten.
+    with pytest.raises(ValueError, match="another model config"):
+        train_or_load("shapes", narrow.with_overrides(embed_dim=8), cfg, name="narrow", data=data, fast=True,
+                      device="cpu", progress=False)
+
+
+def test_same_seed_same_weights_whatever_ran_before(tmp_path, data):
+    cfg = TrainConfig(steps=1, batch_size=32, warmup_steps=0, seed=3)
+    a = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path / "a", data=data, device="cpu", progress=False)
+    torch.randn(100)  # other work in between moves the global random state
+    b = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path / "b", data=data, device="cpu", progress=False)
+    assert a.history.loss == b.history.loss
+
+
+def test_bad_requests_are_explained(data):
+    with pytest.raises(ValueError, match="needs a train_config"):
+        train_or_load("shapes", preset("tiny"), data=data)
+    with pytest.raises(ValueError, match="name the run"):
+        train_or_load("shapes", preset("tiny"), TrainConfig(steps=2, warmup_steps=0), data=data)
+    with pytest.raises(ValueError, match="no training recipe for preset 'ViT-B/32'"):
+        default_train_config("ViT-B/32")
+
+
+def test_run_folder_names():
+    assert run_dir_name("shapes", "tiny", True) == "shapes-tiny-fast"
+    assert run_dir_name("folder:/data/x", "ViT-B/32", False) == "folder--data-x-ViT-B-32"
