@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from clipedu.clip import CLIP
-from clipedu.data import CaptionedImages, to_float
+from clipedu.data import CaptionedImages, ShapesWorld, get_dataset, to_float
+from clipedu.text import eot_index
 
 
 # --- embedding whole datasets ---------------------------------------------------------------------
@@ -64,8 +66,6 @@ def encode_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int =
     batch is cut after its longest text's <eot>, which gives the same embeddings for a fraction of
     the work (prompts are a few tokens; CLIP's context is 77).
     """
-    from clipedu.text import eot_index
-
     model.eval()
     device = _device_of(model)
     context, eot = model.cfg.text.context_length, model.cfg.text.eot_token_id
@@ -234,6 +234,7 @@ def linear_probe(
     Features are standardised with the training set's mean and std (L-BFGS converges in far fewer
     steps on unit-scale inputs). The final model is refit on train + validation with the best C.
     """
+    # Imported here: scikit-learn's linear models take seconds to import, and only probes need them.
     from sklearn.linear_model import LogisticRegression
 
     x, y = np.asarray(train_x, dtype=np.float64), np.asarray(train_y)
@@ -286,6 +287,29 @@ def few_shot_curve(
     return out
 
 
+def shots_matching(curve: Mapping[int, float | tuple[float, float]], accuracy: float) -> float:
+    """How many labelled examples per class the curve needs to reach ``accuracy``.
+
+    ``curve`` maps shots (examples per class) to accuracy, or to (mean, std) as
+    :func:`few_shot_curve` returns: "a prompt is worth N labelled examples". At the first measured point that reaches
+    ``accuracy``, the answer is interpolated linearly in log2(shots) with the point before it.
+    If the first point already reaches it, that point's shots (the prompt is worth *at most* that
+    many); if no point reaches it, ``inf``.
+    """
+    if not curve:
+        raise ValueError("the curve has no points")
+    points = sorted((int(k), float(v[0] if isinstance(v, tuple | list) else v)) for k, v in curve.items())
+    if points[0][0] < 1:
+        raise ValueError(f"shots must be positive, got {points[0][0]}")
+    if points[0][1] >= accuracy:
+        return float(points[0][0])
+    for (k0, a0), (k1, a1) in zip(points, points[1:]):
+        if a1 >= accuracy:
+            t = (accuracy - a0) / (a1 - a0)  # a0 < accuracy <= a1, so 0 < t <= 1
+            return 2 ** (math.log2(k0) + t * (math.log2(k1) - math.log2(k0)))
+    return math.inf
+
+
 def pixel_features(data: CaptionedImages, size: int | None = None) -> torch.Tensor:
     """The raw-pixel baseline: images (optionally downsampled to ``size``) as flat float vectors."""
     x = data.images.float() / 255
@@ -298,8 +322,6 @@ def pixel_features(data: CaptionedImages, size: int | None = None) -> torch.Tens
 def heldout_pair_accuracy(model: CLIP, tokenizer, heldout: CaptionedImages, image_embeds=None) -> float:
     """Zero-shot over all colour x shape pairs ("the red triangle", ...) on images whose pair never
     appeared in training: can the model compose words it learned separately?"""
-    from clipedu.data.shapes import ShapesWorld
-
     pairs = [(c, s) for c in ShapesWorld.COLOURS for s in ShapesWorld.SHAPES]
     names = [f"{c} {s}" for c, s in pairs]
     return zero_shot(model, tokenizer, heldout, "colour_shape", templates=["the {}"], class_names=names,
@@ -314,8 +336,6 @@ def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed:
     and leniently (any caption whose attributes all match the image). Other data: zero-shot top-1
     and top-5 over the classes and recall@K.
     """
-    from clipedu.data import get_dataset
-
     metrics: dict[str, float] = {}
     if dataset in ("shapes", "shapes2"):
         test = get_dataset(dataset, "test", n=n, seed=seed + 1000)
@@ -357,4 +377,21 @@ def swapped_caption_accuracy(model: CLIP, tokenizer, data: CaptionedImages, imag
         image_embeds = encode_images(model, data)
     true = encode_texts(model, tokenizer, [c[0] for c in data.captions])
     swapped = encode_texts(model, tokenizer, [c[0] for c in data.hard_negatives])
-    return ((image_embeds * true).sum(1) > (image_embeds * swapped).sum(1)).float().mean().item()
+    return (swap_margins(image_embeds, true, swapped) > 0).float().mean().item()
+
+
+def swap_margins(image_embeds: torch.Tensor, true_embeds: torch.Tensor, swapped_embeds: torch.Tensor) -> torch.Tensor:
+    """(N,) cos(image i, its caption) - cos(image i, the caption with the two objects swapped).
+
+    Above 0: the model prefers the true caption; :func:`swapped_caption_accuracy` is the fraction of
+    margins above 0.
+    """
+    for name, x in (("image_embeds", image_embeds), ("true_embeds", true_embeds), ("swapped_embeds", swapped_embeds)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] == 0:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected {name} of shape (N, E) with N >= 1, got {got}")
+        if x.shape != image_embeds.shape:
+            raise ValueError(f"{name} must have the shape of image_embeds {tuple(image_embeds.shape)}, "
+                             f"got {tuple(x.shape)}")
+    images, true, swapped = (x.detach().float().cpu() for x in (image_embeds, true_embeds, swapped_embeds))
+    return (images * true).sum(1) - (images * swapped).sum(1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clipedu.data import CaptionedImages, gallery, mirror_caption, split_indices, to_float
+from clipedu.data import CaptionedImages, mirror_caption, split_indices, to_float
 
 
 def make(n=4, captions=None, **kw):
@@ -89,12 +89,3 @@ def test_split_indices_partition():
     assert not torch.equal(test, split_indices(50, "test", 0.2, seed=2))
     with pytest.raises(ValueError, match="split must be"):
         split_indices(50, "val")
-
-
-def test_show_draws_a_captioned_grid():
-    data = make(n=5)
-    fig = data.show(n=5, cols=3)
-    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titled == [c[0] for c in data.captions]
-    with pytest.raises(ValueError, match="uint8"):
-        gallery(torch.zeros(2, 3, 4, 4))

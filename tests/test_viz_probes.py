@@ -5,6 +5,7 @@ import math
 import matplotlib
 import pytest
 
+from clipedu.evaluate import shots_matching
 from clipedu.viz import probes as vp
 
 matplotlib.use("Agg")
@@ -13,19 +14,19 @@ CURVE = {1: 0.2, 2: 0.4, 4: 0.5, 8: 0.7, 16: 0.8}
 
 
 def test_shots_matching_interpolates_in_log2_shots():
-    assert vp.shots_matching(CURVE, 0.4) == pytest.approx(2.0)  # on a point
-    assert vp.shots_matching(CURVE, 0.3) == pytest.approx(2**0.5)  # half way from 1 to 2 in log2
-    assert vp.shots_matching(CURVE, 0.6) == pytest.approx(2**2.5)  # half way from 4 to 8
-    assert vp.shots_matching({k: (v, 0.01) for k, v in CURVE.items()}, 0.6) == pytest.approx(2**2.5)  # (mean, std)
+    assert shots_matching(CURVE, 0.4) == pytest.approx(2.0)  # on a point
+    assert shots_matching(CURVE, 0.3) == pytest.approx(2**0.5)  # half way from 1 to 2 in log2
+    assert shots_matching(CURVE, 0.6) == pytest.approx(2**2.5)  # half way from 4 to 8
+    assert shots_matching({k: (v, 0.01) for k, v in CURVE.items()}, 0.6) == pytest.approx(2**2.5)  # (mean, std)
 
 
 def test_shots_matching_edges_and_first_crossing():
-    assert vp.shots_matching(CURVE, 0.1) == 1.0  # the first point already reaches it: at most 1
-    assert vp.shots_matching(CURVE, 0.9) == math.inf  # never reached
+    assert shots_matching(CURVE, 0.1) == 1.0  # the first point already reaches it: at most 1
+    assert shots_matching(CURVE, 0.9) == math.inf  # never reached
     bumpy = {1: 0.2, 2: 0.6, 4: 0.5, 8: 0.9}
-    assert vp.shots_matching(bumpy, 0.55) == pytest.approx(2 ** (0.875))  # the first crossing counts
+    assert shots_matching(bumpy, 0.55) == pytest.approx(2 ** (0.875))  # the first crossing counts
     with pytest.raises(ValueError):
-        vp.shots_matching({}, 0.5)
+        shots_matching({}, 0.5)
 
 
 def test_plots_draw():

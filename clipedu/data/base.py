@@ -8,11 +8,9 @@ know where the pictures came from.
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 # Mean and std that OpenAI's released CLIP models were trained with (notebook 12 uses them).
@@ -55,6 +53,13 @@ def to_float(
         raise ValueError(f"expected images (B, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
     scale, shift = normalisation(mean, std, images.shape[-3], images.device)
     return apply_normalisation(images, scale, shift)
+
+
+def check_uint8_images(images, name: str = "images") -> None:
+    """Raise a ValueError unless ``images`` is a uint8 batch (B, C, H, W), the way data holds pictures."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected {name} as uint8 (B, C, H, W), got {got}")
 
 
 def normalisation(mean, std, channels: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,39 +215,6 @@ class CaptionedImages:
         templates = self.templates.get(attribute) or ["{}"]
         return [[t.format(name) for t in templates] for name in self.class_names[attribute]]
 
-    def show(self, n: int = 16, cols: int = 8, seed: int | None = None, which: int = 0):
-        """A grid of ``n`` images with caption ``which`` of each as its title (random if ``seed``)."""
-        if seed is None:
-            idx = list(range(min(n, len(self))))
-        else:
-            g = torch.Generator().manual_seed(seed)
-            idx = torch.randperm(len(self), generator=g)[:n].tolist()
-        titles = [self.captions[i][min(which, len(self.captions[i]) - 1)] for i in idx]
-        return gallery(self.images[idx], titles, cols=cols)
-
-
-def gallery(images: torch.Tensor, titles: Sequence[str] | None = None, cols: int = 8, width: float = 1.6):
-    """Draw uint8 images (B, C, H, W) in a grid with wrapped titles; returns the figure."""
-    import matplotlib.pyplot as plt
-
-    images = images.detach().cpu()
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"gallery expects uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
-    count = len(images)
-    cols = max(1, min(cols, count))
-    rows = max(1, -(-count // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows * 1.25), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= count:
-            continue
-        picture = images[k].permute(1, 2, 0).numpy()  # (H, W, C) for imshow
-        ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
-        if titles is not None:
-            ax.set_title(textwrap.fill(titles[k], 22), fontsize=7)
-    fig.tight_layout()
-    return fig
-
 
 def _check_caption_lists(what: str, captions, n: int) -> None:
     if not isinstance(captions, list) or len(captions) != n:
@@ -258,8 +230,3 @@ def _check_caption_lists(what: str, captions, n: int) -> None:
         for c in caps:
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"{what}[{i}] holds an empty or non-text caption: {c!r:.80}")
-
-
-def as_uint8_images(array: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 numpy array to a contiguous (N, C, H, W) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))

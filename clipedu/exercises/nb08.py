@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from clipedu.exercises import Exercise, compare_tensors
-from clipedu.viz.attention import attention_rollout, cls_attention, relevancy_from
+from clipedu.interpret import attention_rollout, cls_attention, relevancy_from
 
 
 def _attentions(layers=3, batch=2, heads=3, tokens=10, seed=0):

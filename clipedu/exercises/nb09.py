@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from clipedu.exercises import Exercise, compare_numbers, compare_tensors
-from clipedu.viz.embedding import gap_vector, shift_gap
-from clipedu.viz.embedding import uniformity as _uniformity
+from clipedu.geometry import gap_vector, shift_gap
+from clipedu.geometry import uniformity as _uniformity
 
 
 def _clouds(seed=0, n_image=40, n_text=50, width=6):

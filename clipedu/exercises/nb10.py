@@ -352,5 +352,5 @@ shots_worth = Exercise(
         (lambda: lambda c, z: _worth_reference(c, z) if math.isfinite(_worth_reference(c, z)) else 16.0, "math.inf"),
         (lambda: lambda c, z: [_worth_reference(c, z)], "one number"),
     ],
-    success="clipedu.viz.probes.shots_matching does the same, and the notebook uses it from here on.",
+    success="clipedu.evaluate.shots_matching does the same, and the notebook uses it from here on.",
 )

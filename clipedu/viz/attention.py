@@ -1,433 +1,255 @@
-"""Where a Vision Transformer looks (notebook 08): attention maps, rollout and relevancy.
+"""What notebook 02 measures and draws about attention: weights, masks, the scale, the cost.
 
-Three answers, each more careful than the last, to "which patches made this embedding?":
-
-- **CLS attention** of one block and head: the weights with which the CLS token reads each patch
-  in that block. Direct, but partial: after the first block every token is already a mixture.
-- **Attention rollout** (Abnar & Zuidema, 2020): follow the mixing through every block. Average
-  the heads, add the identity for the residual connection, renormalise the rows, multiply the
-  blocks' matrices.
-- **Relevancy** (Chefer, Gur & Wolf, 2021): weigh each head's attention by the gradient of an
-  image-text score, keep the positive part, average the heads, and accumulate ``R = R + A R``
-  starting from the identity. Unlike the other two it depends on the text: it answers "where does
-  the model look for *red circle*?".
-
-Every function works for any clipedu vision tower, whatever its image size, patch size, layers
-and heads: the course's 4 x 4 grid of patches and ViT-B/32's 7 x 7 alike. Attentions are passed
-around stacked, ``(L, B, H, T, T)`` with ``T = N + 1`` tokens (CLS first), or as the list the
-tower returns. Maps over the patches are ``(B, g, g)``. The ``plot_*`` functions only draw, and
-:func:`attention_explorer` is a thin widget over :func:`attention_map`.
+Pure functions compute the numbers (``softmax_saturation``, ``one_query_weights``,
+``attention_flops``, ``time_attention``); the plots and the head-width widget only draw them.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
+import time
 from collections.abc import Sequence
 
-import numpy as np
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 
-from clipedu.vision import VisionTransformer
-
-METHODS = ("attention", "rollout", "relevancy")
-METHOD_TITLES = {"attention": "CLS attention", "rollout": "attention rollout", "relevancy": "relevancy"}
+from clipedu.attention import scaled_dot_product_attention
 
 
-# --- reading attention out of a model ----------------------------------------------------------------
-def vision_tower(model) -> VisionTransformer:
-    """The :class:`~clipedu.vision.VisionTransformer` inside a CLIP, a ViTClassifier, or itself."""
-    if isinstance(model, VisionTransformer):
-        return model
-    for name in ("vision", "encoder"):
-        tower = getattr(model, name, None)
-        if isinstance(tower, VisionTransformer):
-            return tower
-    raise ValueError(
-        f"expected a CLIP, a ViTClassifier or a VisionTransformer, got {type(model).__name__}"
-    )
+# --- why divide by sqrt(d) --------------------------------------------------------------------------
+def softmax_saturation(
+    dims: Sequence[int], n_keys: int = 16, samples: int = 1000, seed: int = 0
+) -> dict[str, list[float]]:
+    """How peaked the attention weights of random queries and keys get as the head width d grows.
+
+    For each d: ``samples`` queries, each against ``n_keys`` keys, entries drawn from N(0, 1) (what
+    a layer sees at unit-scale activations). Returns, with and without dividing by sqrt(d), the
+    mean largest weight (1 = all weight on one key), the mean entropy of a row in nats (ln(n_keys)
+    = spread evenly, 0 = one-hot), and the mean Frobenius norm of the softmax's Jacobian (how much
+    gradient flows back to the scores; 0 when saturated). Also the standard deviation of the raw
+    dot products, which grows like sqrt(d).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list[float]] = {"dims": list(dims), "score_std": []}
+    for key in ("max_weight", "entropy", "jacobian"):
+        out[f"{key}_scaled"], out[f"{key}_unscaled"] = [], []
+    for d in dims:
+        q = torch.randn(samples, 1, d, generator=gen)  # (S, 1, d)
+        k = torch.randn(samples, n_keys, d, generator=gen)  # (S, K, d)
+        scores = (q @ k.transpose(1, 2)).squeeze(1)  # (S, K)
+        out["score_std"].append(scores.std().item())
+        for label, s in (("unscaled", scores), ("scaled", scores / math.sqrt(d))):
+            p = s.softmax(dim=-1)  # (S, K)
+            out[f"max_weight_{label}"].append(p.max(dim=-1).values.mean().item())
+            entropy = -(p * p.clamp_min(1e-30).log()).sum(dim=-1)
+            out[f"entropy_{label}"].append(entropy.mean().item())
+            jac = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)  # (S, K, K) d softmax / d scores
+            out[f"jacobian_{label}"].append(jac.flatten(1).norm(dim=-1).mean().item())
+    return out
 
 
-def stack_attentions(attentions) -> torch.Tensor:
-    """The tower's list of L tensors (B, H, T, T) as one (L, B, H, T, T) tensor (a tensor passes through)."""
-    if isinstance(attentions, (list, tuple)):
-        if not attentions:
-            raise ValueError("expected one attention tensor per layer, got an empty list")
-        shapes = {tuple(a.shape) for a in attentions}
-        if len(shapes) != 1:
-            raise ValueError(f"every layer's attention must have the same shape, got {sorted(shapes)}")
-        attentions = torch.stack(list(attentions))
-    if not isinstance(attentions, torch.Tensor) or attentions.dim() != 5:
-        got = tuple(attentions.shape) if isinstance(attentions, torch.Tensor) else type(attentions).__name__
-        raise ValueError(f"expected attentions of shape (L, B, H, T, T) or a list of (B, H, T, T), got {got}")
-    if attentions.shape[-1] != attentions.shape[-2]:
-        raise ValueError(f"attention matrices must be square (T, T), got {tuple(attentions.shape[-2:])}")
-    return attentions
+def one_query_weights(d: int, n_keys: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random query's weights over ``n_keys`` random keys of width d: (scaled, unscaled), each (K,)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(d, generator=gen, dtype=torch.float64)
+    k = torch.randn(n_keys, d, generator=gen, dtype=torch.float64)
+    scores = k @ q  # (K,)
+    return (scores / math.sqrt(d)).softmax(-1).float(), scores.softmax(-1).float()
+
+
+# --- cost ---------------------------------------------------------------------------------------------
+def attention_flops(n: int, head_dim: int, heads: int = 1, batch: int = 1) -> int:
+    """Floating-point operations of softmax(q k^T) v for n queries and n keys: 4 n^2 d per head.
+
+    q k^T is n x n dot products of length d (2 n^2 d multiply-adds); weights @ v the same again.
+    The softmax's O(n^2) is left out: it is small next to these when d is tens or more.
+    """
+    return 4 * n * n * head_dim * heads * batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _attention_paths(q, k, v) -> dict:
+    return {"explicit": lambda: scaled_dot_product_attention(q, k, v)[0],
+            "fused": lambda: F.scaled_dot_product_attention(q, k, v)}
 
 
 @torch.no_grad()
-def vision_attentions(model, images: torch.Tensor) -> torch.Tensor:
-    """Every block's attention weights for float images (B, C, H, W): (L, B, H, T, T) on the CPU."""
-    tower = vision_tower(model)
-    out = tower(images, output_attentions=True)
-    return stack_attentions(out.attentions).float().cpu()
+def time_attention(
+    lengths: Sequence[int],
+    head_dim: int = 64,
+    heads: int = 8,
+    batch: int = 1,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    min_time: float = 0.05,
+    cpu_threads: int | None = None,
+) -> list[dict]:
+    """Time attention over ``lengths`` tokens, explicit (the n x n weights in memory) and fused.
 
+    "explicit" is :func:`clipedu.attention.scaled_dot_product_attention`, "fused" is
+    ``F.scaled_dot_product_attention``. Each is run once to warm up, then at least ``repeats``
+    times and until ``min_time`` seconds have passed (at most 100 runs); the fastest run counts,
+    the one least disturbed by other work on the machine. Each row: ``n``,
+    ``flops``, ``weights_bytes`` (the size of the explicit path's weight matrix), ``explicit`` and
+    ``fused`` in seconds, and on CUDA the peak extra memory of each path (``*_peak_bytes``).
 
-def grid_map(values: torch.Tensor) -> torch.Tensor:
-    """One value per patch, (B, N) or (N,), as the patch grid (B, g, g) or (g, g), row by row."""
-    n = values.shape[-1]
-    g = math.isqrt(n)
-    if g * g != n:
-        raise ValueError(f"expected one value per patch of a square grid, got {n} values (not a square)")
-    return values.reshape(*values.shape[:-1], g, g)
-
-
-def _fuse_heads(attentions: torch.Tensor, head) -> torch.Tensor:
-    """(..., H, T, T) -> (..., T, T): one head by index, or their ``"mean"`` / ``"max"``."""
-    heads = attentions.shape[-3]
-    if head is None or head == "mean":
-        return attentions.mean(dim=-3)
-    if head == "max":
-        return attentions.amax(dim=-3)
-    if isinstance(head, int) and not isinstance(head, bool) and -heads <= head < heads:
-        return attentions[..., head, :, :]
-    raise ValueError(f"head must be 'mean', 'max' or an index in [0, {heads}), got {head!r}")
-
-
-def _layer(attentions: torch.Tensor, layer: int) -> torch.Tensor:
-    layers = attentions.shape[0]
-    if not isinstance(layer, int) or isinstance(layer, bool) or not -layers <= layer < layers:
-        raise ValueError(f"layer must be an index in [0, {layers}) (or negative from the end), got {layer!r}")
-    return attentions[layer]
-
-
-def cls_attention(attentions, layer: int = -1, head="mean") -> torch.Tensor:
-    """How much the CLS token reads each patch in one block: (B, g, g), from (L, B, H, T, T).
-
-    ``head``: an index, or ``"mean"`` over the heads. The CLS token's weight on itself is left
-    out, so a map sums to 1 minus that weight.
+    ``cpu_threads``: on a CPU, time with this many threads (then restore the setting). One thread
+    is the steadiest measure on a shared machine: several threads must wait for each other, and
+    one of them being paused by other work stalls every run.
     """
-    a = _fuse_heads(_layer(stack_attentions(attentions), layer), head)  # (B, T, T)
-    return grid_map(a[:, 0, 1:])  # the CLS row over the patch columns
+    device = torch.device(device)
+    threads = torch.get_num_threads()
+    if cpu_threads is not None and device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    try:
+        return _time_attention(lengths, head_dim, heads, batch, repeats, device, dtype, min_time)
+    finally:
+        torch.set_num_threads(threads)
 
 
-# --- attention rollout -----------------------------------------------------------------------------------
-def attention_rollout(attentions, residual: bool = True, head="mean", start_layer: int = 0) -> torch.Tensor:
-    """Abnar & Zuidema's rollout: how much each input token flows into each output token, (B, T, T).
+def _time_attention(lengths, head_dim, heads, batch, repeats, device, dtype, min_time) -> list[dict]:
+    element = torch.tensor([], dtype=dtype).element_size()
+    rows = []
+    for n in lengths:
+        q, k, v = torch.randn(3, batch, heads, n, head_dim, device=device, dtype=dtype).unbind(0)
+        row = {"n": int(n), "flops": attention_flops(n, head_dim, heads, batch),
+               "weights_bytes": batch * heads * n * n * element}
+        for name, run in _attention_paths(q, k, v).items():
+            run()
+            _sync(device)
+            best, runs, began = float("inf"), 0, time.perf_counter()
+            while runs < repeats or (time.perf_counter() - began < min_time and runs < 100):
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                best = min(best, time.perf_counter() - start)
+                runs += 1
+            row[name] = best
+            if device.type == "cuda":
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                run()
+                _sync(device)
+                row[f"{name}_peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        rows.append(row)
+        del q, k, v
+    return rows
 
-    Per block: fuse the heads (``"mean"``, as in the paper), add the identity for the residual
-    connection and renormalise the rows (``0.5 A + 0.5 I``), then multiply onto what the blocks
-    below did: ``R = A_l @ R``. Every row of the result sums to 1.
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The slope of a least-squares line through (log x, log y): 2 means y grows like x^2."""
+    lx = torch.tensor([math.log(x) for x in xs], dtype=torch.float64)
+    ly = torch.tensor([math.log(y) for y in ys], dtype=torch.float64)
+    lx, ly = lx - lx.mean(), ly - ly.mean()
+    return float((lx * ly).sum() / (lx * lx).sum())
+
+
+# --- plots ---------------------------------------------------------------------------------------------
+def plot_matrix(matrix, ax=None, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
+                title: str = "", fmt: str = ".2f", cmap: str = "Blues", vmin=None, vmax=None):
+    """A small matrix as a heatmap with its values written in (attention weights, masks, scores).
+
+    Boolean masks show as 1 (may attend) and 0; ``fmt="d"`` writes whole numbers.
     """
-    a = _fuse_heads(stack_attentions(attentions).float(), head)  # (L, B, T, T)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    rollout = eye.expand_as(a[0]).clone()  # (B, T, T)
-    for block in a[start_layer:]:
-        if residual:
-            block = block + eye  # the residual stream carries each token's own input forward
-            block = block / block.sum(dim=-1, keepdim=True)
-        rollout = block @ rollout  # (B, T, T): this block mixes what the blocks below produced
-    return rollout
-
-
-def rollout_map(attentions, residual: bool = True, head="mean", start_layer: int = 0) -> torch.Tensor:
-    """The CLS row of :func:`attention_rollout` over the patches: (B, g, g)."""
-    return grid_map(attention_rollout(attentions, residual, head, start_layer)[:, 0, 1:])
-
-
-# --- gradient-weighted relevancy ------------------------------------------------------------------------
-def relevancy_from(attentions, gradients, start_layer: int = 0) -> torch.Tensor:
-    """Chefer et al.'s relevancy matrix from attentions and the score's gradients w.r.t. them.
-
-    Both (L, B, H, T, T). Per block: ``A_bar = mean over heads of relu(grad * A)``, the attention
-    that raised the score; then ``R = R + A_bar @ R``, starting from the identity (each token is
-    relevant to itself through the residual stream). Returns R (B, T, T); its CLS row over the
-    patches is the relevancy map. Non-negative by construction.
-    """
-    a, g = stack_attentions(attentions).float(), stack_attentions(gradients).float()
-    if a.shape != g.shape:
-        raise ValueError(f"attentions {tuple(a.shape)} and gradients {tuple(g.shape)} must have the same shape")
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    relevance = eye.expand_as(a[0, :, 0]).clone()  # (B, T, T)
-    for block, grad in zip(a[start_layer:], g[start_layer:]):
-        weighted = (grad * block).clamp(min=0).mean(dim=1)  # (B, T, T): positive evidence, heads averaged
-        relevance = relevance + weighted @ relevance
-    return relevance
-
-
-def _text_embeddings(model, texts, batch: int, device) -> torch.Tensor:
-    """Unit text embeddings (B, E) from token ids (B or 1, L) or from embeddings (B or 1, E)."""
-    if not isinstance(texts, torch.Tensor):
-        raise ValueError(
-            f"texts must be token ids (B, L) from the model's tokenizer or text embeddings (B, E), "
-            f"got {type(texts).__name__}"
-        )
-    if texts.dim() == 1:
-        texts = texts.unsqueeze(0)
-    if texts.dim() != 2 or texts.shape[0] not in (1, batch):
-        raise ValueError(f"expected one text, or one per image ({batch}), as a 2-d tensor; got {tuple(texts.shape)}")
-    with torch.no_grad():
-        if texts.dtype in (torch.long, torch.int, torch.int32, torch.int64):
-            embeds = model.encode_text(texts.to(device))  # (B or 1, E), unit length
-        else:
-            embeds = F.normalize(texts.to(device).float(), dim=-1)
-    return embeds.expand(batch, -1)
-
-
-def attention_gradients(model, images: torch.Tensor, texts: torch.Tensor, score: str = "logit"):
-    """Attentions and the gradient of each image's score with its text w.r.t. them.
-
-    ``score``: ``"logit"`` (the scaled cosine CLIP's loss reads, as Chefer et al. use) or
-    ``"cosine"``. Image i is paired with text i (or all images with one text). Each image's score
-    depends only on its own attention, so one backward pass of the summed scores gives every image
-    its own gradient. Returns two (L, B, H, T, T) tensors, detached.
-    """
-    if score not in ("logit", "cosine"):
-        raise ValueError(f"score must be 'logit' or 'cosine', got {score!r}")
-    if not hasattr(model, "encode_text"):
-        raise ValueError(f"relevancy needs a CLIP model (an image and a text tower), got {type(model).__name__}")
-    tower = vision_tower(model)
-    device = next(tower.parameters()).device
-    text = _text_embeddings(model, texts, images.shape[0], device)  # (B, E)
-    with torch.enable_grad():
-        # Gradients flow from the input, so the graph exists even when the weights are frozen.
-        x = images.detach().to(device).float().requires_grad_(True)
-        out = tower(x, output_attentions=True)
-        image = F.normalize(out.embedding.float(), dim=-1)  # (B, E)
-        scores = (image * text).sum(dim=-1)  # (B,) cosine of each pair
-        if score == "logit":
-            scores = scores * model.logit_scale.detach().exp()
-        grads = torch.autograd.grad(scores.sum(), out.attentions)
-    return stack_attentions([a.detach() for a in out.attentions]), stack_attentions(list(grads))
-
-
-def relevancy(model, images: torch.Tensor, texts: torch.Tensor, score: str = "logit", start_layer: int = 0,
-              return_matrix: bool = False) -> torch.Tensor:
-    """Where the image tower looked to match each image with its text: (B, g, g), on the CPU.
-
-    ``images``: float (B, C, H, W) as the model takes them; ``texts``: token ids (B, L) or (1, L),
-    or text embeddings (B, E) / (1, E). ``return_matrix=True`` returns the whole R (B, T, T).
-    """
-    attentions, gradients = attention_gradients(model, images, texts, score)
-    relevance = relevancy_from(attentions, gradients, start_layer).cpu()
-    return relevance if return_matrix else grid_map(relevance[:, 0, 1:])
-
-
-def attention_map(model, images: torch.Tensor, method: str = "attention", layer: int = -1, head="mean",
-                  texts: torch.Tensor | None = None, attentions=None, **kwargs) -> torch.Tensor:
-    """One entry point for the three maps (the explorer widget calls this): (B, g, g) on the CPU.
-
-    ``method``: ``"attention"`` (CLS attention of ``layer`` and ``head``), ``"rollout"`` (all
-    layers, heads fused by ``head``: ``"mean"`` or ``"max"``; an index picks that head in every
-    block) or ``"relevancy"`` (needs ``texts``). ``attentions`` (L, B, H, T, T) may be passed to
-    skip the forward pass for the first two.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "relevancy":
-        if texts is None:
-            raise ValueError("relevancy needs a text: pass texts= token ids or text embeddings")
-        return relevancy(model, images, texts, **kwargs)
-    if attentions is None:
-        attentions = vision_attentions(model, images)
-    if method == "attention":
-        return cls_attention(attentions, layer, head)
-    return rollout_map(attentions, head=head, **kwargs)
-
-
-# --- measuring a map against where the object is -------------------------------------------------------
-def foreground_masks(images: torch.Tensor, threshold: int = 100) -> torch.Tensor:
-    """(B, H, W) booleans: pixels brighter than ``threshold`` in some channel (uint8 images).
-
-    ShapesWorld draws saturated colours on a dark grey (at most about 50), so this is the object.
-    """
-    _check_uint8(images)
-    return images.amax(dim=1) > threshold
-
-
-def colour_masks(images: torch.Tensor, rgb: Sequence[float], tolerance: float = 60.0) -> torch.Tensor:
-    """(B, H, W) booleans: pixels within ``tolerance`` (Euclidean, 0-255 scale) of the colour ``rgb``."""
-    _check_uint8(images)
-    target = torch.as_tensor(rgb, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float() - target).norm(dim=1) < tolerance
-
-
-def patch_coverage(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """The fraction of each patch a mask covers: (B, H, W) booleans -> (B, g, g) in [0, 1]."""
-    if masks.dim() != 3:
-        raise ValueError(f"expected masks (B, H, W), got shape {tuple(masks.shape)}")
-    if masks.shape[-1] % patch_size or masks.shape[-2] % patch_size:
-        raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch size {patch_size}")
-    return F.avg_pool2d(masks.float().unsqueeze(1), patch_size).squeeze(1)
-
-
-def mass_on(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(B,) the share of each map's total that falls on ``region`` (B, g, g), weights in [0, 1]."""
-    if maps.shape != region.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and region {tuple(region.shape)} must have the same shape")
-    total = maps.flatten(1).sum(1).clamp_min(1e-12)
-    return (maps * region).flatten(1).sum(1) / total
-
-
-def pointing_game(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(B,) booleans: does each map's highest patch lie on the region (coverage > 0)?"""
-    if maps.shape != region.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and region {tuple(region.shape)} must have the same shape")
-    top = maps.flatten(1).argmax(dim=1)  # (B,)
-    return region.flatten(1).gather(1, top[:, None]).squeeze(1) > 0
-
-
-def _check_uint8(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected uint8 images (B, C, H, W), got {got}")
-
-
-# --- drawing -------------------------------------------------------------------------------------------
-def _show_picture(ax, image, title: str = "") -> None:
-    picture = _picture(image)
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(textwrap.fill(title, 26), fontsize=8)
-
-
-def _picture(image) -> np.ndarray:
-    """An image for imshow: a uint8 tensor (C, H, W), a PIL image, or an (H, W, C) array."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu()
-        if image.dim() != 3:
-            raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
-        image = image.permute(1, 2, 0).numpy()
-    picture = np.asarray(image)
-    if picture.ndim == 3 and picture.shape[-1] == 1:
-        picture = picture[..., 0]
-    return picture
-
-
-def plot_map(image, values: torch.Tensor, ax=None, title: str = "", alpha: float = 0.6, cmap: str = "inferno",
-             smooth: bool = False, colorbar: bool = False):
-    """A (g, g) map drawn over the image, each cell over its patch. Returns the axes.
-
-    ``smooth=False`` shows the patches as squares (what the model has); ``smooth=True``
-    interpolates, as papers usually draw it.
-    """
-    import matplotlib.pyplot as plt
-
-    values = torch.as_tensor(values).detach().float().cpu()
-    if values.dim() != 2:
-        raise ValueError(f"expected one map (g, g), got shape {tuple(values.shape)}")
-    picture = _picture(image)
-    h, w = picture.shape[:2]
+    m = torch.as_tensor(matrix).detach().float().cpu()
     if ax is None:
-        _, ax = plt.subplots(figsize=(2.6, 2.6))
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, extent=(0, w, h, 0))
-    shown = ax.imshow(values.numpy(), cmap=cmap, alpha=alpha, extent=(0, w, h, 0),
-                      interpolation="bilinear" if smooth else "nearest")
-    if colorbar:
-        ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(textwrap.fill(title, 30), fontsize=8)
-    return ax
+        _, ax = plt.subplots(figsize=(0.55 * m.shape[1] + 1.2, 0.5 * m.shape[0] + 0.9))
+    ax.imshow(m.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    lo, hi = (m.min().item(), m.max().item()) if vmin is None or vmax is None else (vmin, vmax)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            value = m[i, j].item()
+            if value == float("-inf"):
+                text = "-inf"
+            else:
+                text = str(int(value)) if fmt == "d" else format(value, fmt)
+            dark = hi > lo and (value - lo) / (hi - lo) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(m.shape[1]), cols if cols is not None else range(m.shape[1]), fontsize=8)
+    ax.set_yticks(range(m.shape[0]), rows if rows is not None else range(m.shape[0]), fontsize=8)
+    ax.set_xlabel("key", fontsize=8)
+    ax.set_ylabel("query", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return ax.figure
 
 
-def plot_layers_and_heads(image, attentions, index: int = 0, cell: float = 1.5, **kwargs):
-    """CLS attention of one image, one row per layer, one column per head plus their mean."""
-    import matplotlib.pyplot as plt
-
-    a = stack_attentions(attentions)
-    layers, heads = a.shape[0], a.shape[2]
-    fig, axes = plt.subplots(layers, heads + 1, figsize=(cell * (heads + 1), cell * layers), squeeze=False)
-    for layer in range(layers):
-        for col, head in enumerate([*range(heads), "mean"]):
-            values = cls_attention(a[:, index : index + 1], layer, head)[0]
-            plot_map(image, values, axes[layer, col], **kwargs)
-            if layer == 0:
-                axes[layer, col].set_title(f"head {head}" if head != "mean" else "mean of heads", fontsize=9)
-        axes[layer, 0].set_ylabel(f"layer {layer}", fontsize=9)
-    fig.suptitle("where the CLS token reads from, per layer and head", fontsize=10)
+def plot_saturation(result: dict, n_keys: int = 16):
+    """Three panels against the head width d: largest weight, entropy, gradient through the softmax."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    dims = result["dims"]
+    panels = (("max_weight", "mean largest weight", (0, 1.02)),
+              ("entropy", "mean entropy of a row (nats)", (0, math.log(n_keys) * 1.05)),
+              ("jacobian", "size of d softmax / d scores", None))
+    for ax, (key, label, ylim) in zip(axes, panels):
+        ax.plot(dims, result[f"{key}_scaled"], "o-", label="q.k / sqrt(d)")
+        ax.plot(dims, result[f"{key}_unscaled"], "s--", label="q.k (no scale)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("head width d")
+        ax.set_title(label, fontsize=10)
+        if ylim:
+            ax.set_ylim(*ylim)
+    axes[1].axhline(math.log(n_keys), color="grey", lw=0.8, ls=":")
+    axes[1].text(dims[0], math.log(n_keys) * 0.97, f"ln {n_keys}: spread evenly", fontsize=7, va="top")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"softmax over {n_keys} random keys, as the head width grows", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def plot_maps(images, maps: dict[str, torch.Tensor], titles: Sequence[str] | None = None, cell: float = 1.8,
-              show_image: bool = True, **kwargs):
-    """A grid: one row per image (the picture first), one column per named map (each (B, g, g))."""
-    import matplotlib.pyplot as plt
-
-    count = len(images)
-    for name, m in maps.items():
-        if m.shape[0] != count:
-            raise ValueError(f"map {name!r} has {m.shape[0]} rows for {count} images")
-    cols = len(maps) + int(show_image)
-    fig, axes = plt.subplots(count, cols, figsize=(cell * cols, cell * count), squeeze=False)
-    for i in range(count):
-        if show_image:
-            _show_picture(axes[i, 0], images[i], titles[i] if titles else "image")
-        for j, (name, m) in enumerate(maps.items(), start=int(show_image)):
-            plot_map(images[i], m[i], axes[i, j], title=name if i == 0 else "", **kwargs)
+def plot_attention_cost(rows: Sequence[dict], device_name: str = ""):
+    """Measured time of both paths against n (log-log, with an n^2 guide), and FLOPs and memory."""
+    ns = [r["n"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax = axes[0]
+    ax.plot(ns, [r["explicit"] * 1e3 for r in rows], "o-", label="explicit (weights in memory)")
+    ax.plot(ns, [r["fused"] * 1e3 for r in rows], "s-", label="fused F.scaled_dot_product_attention")
+    guide = [rows[-1]["explicit"] * 1e3 * (n / ns[-1]) ** 2 for n in ns]
+    ax.plot(ns, guide, ":", color="grey", label="grows like n^2")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_ylabel("milliseconds (fastest run)")
+    ax.set_title(f"measured time{' on ' + device_name if device_name else ''}", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot(ns, [r["flops"] / 1e9 for r in rows], "o-", color="C2", label="GFLOPs: 4 n^2 d per head")
+    ax.plot(ns, [r["weights_bytes"] / 2**20 for r in rows], "s-", color="C3", label="MiB: the n x n weights")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_title("work and memory of the explicit path", fontsize=10)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-# --- the explorer widget ----------------------------------------------------------------------------------
-def attention_explorer(model, images: torch.Tensor, tokenizer, captions: Sequence[str],
-                       mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                       method: str = "relevancy", smooth: bool = False):
-    """A widget over :func:`attention_map`: image, method, layer, head and caption -> a map over the image.
+def head_width_widget(n_keys: int = 12, default: int = 64):
+    """A slider over the head width d: one query's weights over random keys, with and without the scale."""
+    dims = [2**i for i in range(1, 11)]
+    slider = widgets.SelectionSlider(options=dims, value=default if default in dims else 64,
+                                     description="head width d", continuous_update=False)
 
-    ``images``: uint8 (B, C, H, W); ``captions``: suggestions for the caption box (any text may be
-    typed; words the tokenizer does not know become its unknown token). The caption is used by
-    relevancy only; layer and head by CLS attention (rollout uses every layer, ``head`` fuses them).
-    """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    from clipedu.data import to_float
-
-    _check_uint8(images)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not captions:
-        raise ValueError("give at least one caption to suggest")
-    tower = vision_tower(model)
-    device = next(tower.parameters()).device
-    floats = to_float(images, mean, std)  # (B, C, H, W)
-    attentions = vision_attentions(model, floats.to(device))  # computed once: (L, B, H, T, T)
-    layers, heads = attentions.shape[0], attentions.shape[2]
-    context = model.cfg.text.context_length
-
-    picker = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image", continuous_update=False)
-    chooser = widgets.Dropdown(options=[(METHOD_TITLES[m], m) for m in METHODS], value=method, description="method")
-    layer = widgets.IntSlider(value=layers - 1, min=0, max=layers - 1, description="layer", continuous_update=False)
-    head = widgets.Dropdown(options=["mean", *range(heads)], value="mean", description="head")
-    caption = widgets.Combobox(value=captions[0], options=list(captions), description="caption",
-                               ensure_option=False, continuous_update=False)
-
-    def draw(index, method, layer, head, caption):
-        kwargs = {}
-        if method == "relevancy":
-            kwargs["texts"] = tokenizer([caption], context_length=context, truncate=True)
-        values = attention_map(model, floats[index : index + 1].to(device), method, layer, head,
-                               attentions=attentions[:, index : index + 1], **kwargs)[0]
-        fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.8))
-        _show_picture(axes[0], images[index], f"image {index}")
-        if method == "attention":
-            title = f"CLS attention, layer {layer}, head {head}"
-        elif method == "rollout":
-            title = f"rollout, heads: {head}"
-        else:
-            title = f"relevancy: {caption!r}"
-        plot_map(images[index], values, axes[1], title=title, smooth=smooth, colorbar=True)
+    def draw(d):
+        scaled, unscaled = one_query_weights(d, n_keys)
+        fig, axes = plt.subplots(1, 2, figsize=(8, 2.4), sharey=True)
+        for ax, w, title in ((axes[0], scaled, "softmax(q.k / sqrt(d))"), (axes[1], unscaled, "softmax(q.k)")):
+            ax.bar(range(n_keys), w.numpy(), color="C0" if ax is axes[0] else "C1")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("key")
+            ax.set_title(f"{title}: largest weight {w.max():.2f}", fontsize=9)
+        axes[0].set_ylabel("attention weight")
         fig.tight_layout()
         plt.show()
 
-    out = widgets.interactive_output(
-        draw, {"index": picker, "method": chooser, "layer": layer, "head": head, "caption": caption}
-    )
-    box = widgets.VBox([widgets.HBox([picker, chooser]), widgets.HBox([layer, head]), caption, out])
+    out = widgets.interactive_output(draw, {"d": slider})
+    box = widgets.VBox([slider, out])
     display(box)
     return box

@@ -46,7 +46,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import torch
+from IPython.display import Image, clear_output, display
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+from clipedu.viz.images import draw_image, to_display
 
 
 # --- pure functions ---------------------------------------------------------------------------------
@@ -234,9 +240,6 @@ def plot_similarity_matrix(
     columns. With ``values`` each cell shows its number (for small batches). The positives get a
     black frame: the diagonal, or every True cell of ``positives`` ((B, M) booleans). Returns the axes.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
     sims = _check_matrix(similarities)
     b, m = sims.shape
     if ax is None:
@@ -271,8 +274,7 @@ def plot_similarity_matrix(
         height_in = ax.get_position().height * ax.figure.get_figheight()
         zoom = 0.85 * height_in * 72 / b / pictures.shape[-2]  # OffsetImage sizes are in points
         for i in range(b):
-            picture = pictures[i].permute(1, 2, 0).numpy()
-            box = OffsetImage(picture, zoom=zoom)
+            box = OffsetImage(to_display(pictures[i]), zoom=zoom, cmap="gray")
             ax.add_artist(AnnotationBbox(box, (-0.55, i), xycoords="data", box_alignment=(1.0, 0.5),
                                          frameon=False, annotation_clip=False))
         ax.set_yticklabels([f"{i}" for i in range(b)])
@@ -289,8 +291,6 @@ def plot_temperature_view(view: dict, labels: Sequence[str] | None = None, axes=
     d similarity_j = (p_j - y_j) / tau; gradient descent moves each similarity against its bar, so
     the positive (bar below 0) is pulled up and the negatives (bars above 0) are pushed down.
     """
-    import matplotlib.pyplot as plt
-
     probs, target, grads = view["probs"].numpy(), view["target"].numpy(), view["grad_similarities"].numpy()
     cosines = (view["logits"] * view["tau"]).numpy()
     m = len(probs)
@@ -331,8 +331,6 @@ def plot_image_ranking(images: torch.Tensor, ranking: Ranking, own: int | None =
                        fitting: Sequence[int] | torch.Tensor | None = None, title: str | None = None):
     """The ranked images in a row, each titled with its rank and cosine; ``own`` (the caption's own
     image) gets a green frame, ``fitting`` images (same attributes) a blue one. Returns the figure."""
-    import matplotlib.pyplot as plt
-
     fit = set()
     if fitting is not None:
         fitting = torch.as_tensor(fitting)
@@ -340,9 +338,7 @@ def plot_image_ranking(images: torch.Tensor, ranking: Ranking, own: int | None =
     k = len(ranking.indices)
     fig, axes = plt.subplots(1, k, figsize=(1.45 * k, 1.9), squeeze=False)
     for ax, rank, i, score in zip(axes[0], range(1, k + 1), ranking.indices, ranking.scores):
-        ax.imshow(images[i].detach().cpu().permute(1, 2, 0).numpy())
-        ax.set_xticks([])
-        ax.set_yticks([])
+        draw_image(ax, images[i])
         colour = "#2a9d4b" if i == own else ("#3b6ea5" if i in fit else None)
         for spine in ax.spines.values():
             spine.set_visible(colour is not None)
@@ -359,8 +355,6 @@ def plot_image_ranking(images: torch.Tensor, ranking: Ranking, own: int | None =
 # --- widgets ----------------------------------------------------------------------------------------
 def figure_png(fig, dpi: int = 90) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it (so it is not also shown inline)."""
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -368,8 +362,6 @@ def figure_png(fig, dpi: int = 90) -> bytes:
 
 
 def _show_png(output, png: bytes) -> None:
-    from IPython.display import Image, clear_output, display
-
     with output:
         clear_output(wait=True)
         display(Image(data=png, format="png"))
@@ -394,8 +386,6 @@ def temperature_explorer(
     (B, M) booleans, optional, mark every text that fits each image (the target then spreads over
     them). Controls: ``tau`` (log scale) and ``row``. Draws its default state at once.
     """
-    import ipywidgets as widgets
-
     sims = _check_matrix(similarities)
     b, m = sims.shape
     if positives is not None and tuple(positives.shape) != (b, m):
@@ -450,8 +440,6 @@ def similarity_explorer(
     (M, E). ``text_owner`` (M,): the image each caption was written for (default: caption j belongs
     to image j); ``relevant`` (N, M) booleans, optional: pairs that fit by attributes (marked too).
     """
-    import ipywidgets as widgets
-
     _check_pair(image_embeds, text_embeds)
     n, m = image_embeds.shape[0], text_embeds.shape[0]
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or len(images) != n:
@@ -473,21 +461,18 @@ def similarity_explorer(
                             "clipedu-caption")
     images_plot = _classed(widgets.Output(), "clipedu-images-plot")
 
-    def show_image(*_):
-        import matplotlib.pyplot as plt
-
+    def on_image(*_):
         i = image_slider.value
         ranking = rank_texts(image_embeds, text_embeds, i, k)
         fig, ax = plt.subplots(figsize=(1.6, 1.6))
-        ax.imshow(images[i].cpu().permute(1, 2, 0).numpy())
-        ax.set_title(f"image {i}", fontsize=9)
+        draw_image(ax, images[i], f"image {i}", fontsize=9)
         ax.axis("off")
         _show_png(image_plot, figure_png(fig))
         fitting = None if relevant is None else relevant[i]
         text_ranking.value = f"<b>top {len(ranking.indices)} of {m} captions for image {i}</b>" + ranking_html(
             ranking, captions, own=own_caption.get(i), fitting=fitting)
 
-    def show_caption(*_):
+    def on_caption(*_):
         j = caption_menu.value
         ranking = rank_images(image_embeds, text_embeds, j, k)
         fitting = None if relevant is None else relevant[:, j]
@@ -495,10 +480,10 @@ def similarity_explorer(
                                  title=f"top {len(ranking.indices)} of {n} images for: {_short(captions[j], 60, 1)}")
         _show_png(images_plot, figure_png(fig))
 
-    image_slider.observe(show_image, names="value")
-    caption_menu.observe(show_caption, names="value")
-    show_image()
-    show_caption()
+    image_slider.observe(on_image, names="value")
+    caption_menu.observe(on_caption, names="value")
+    on_image()
+    on_caption()
     header = widgets.HTML
     return widgets.VBox([
         header("<b>image &rarr; texts</b>: which captions does the model find closest to this image?"),

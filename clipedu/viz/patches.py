@@ -6,10 +6,14 @@ Pure functions compute what is drawn (``patch_grid_info``, ``patch_sequence``,
 
 from __future__ import annotations
 
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 
 from clipedu.patches import patchify
+from clipedu.viz.images import draw_image
 
 
 def patch_grid_info(image_size: int, patch_size: int, channels: int = 3) -> dict[str, int]:
@@ -73,25 +77,13 @@ def neighbour_contrast(similarity: torch.Tensor) -> tuple[float, float]:
 
 
 # --- plots ------------------------------------------------------------------------------------------
-def _as_picture(image: torch.Tensor):
-    """(C, H, W) uint8 or float -> (H, W, C) or (H, W) array for imshow."""
-    x = image.detach().cpu()
-    if x.dtype != torch.uint8:
-        lo, hi = x.min(), x.max()
-        x = (x - lo) / (hi - lo + 1e-8)
-    x = x.permute(1, 2, 0).numpy()
-    return x[..., 0] if x.shape[-1] == 1 else x
-
-
 def plot_patch_grid(image: torch.Tensor, patch_size: int, ax=None, numbers: bool = True, title: str | None = None):
     """The image with the patch grid drawn over it and each patch numbered in sequence order."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(3.2, 3.2))
     size = image.shape[-1]
     info = patch_grid_info(size, patch_size, image.shape[0])
-    ax.imshow(_as_picture(image), cmap="gray", extent=(0, size, size, 0))
+    draw_image(ax, image, extent=(0, size, size, 0))
     for k in range(1, info["grid"]):
         ax.axhline(k * patch_size, color="white", lw=0.8)
         ax.axvline(k * patch_size, color="white", lw=0.8)
@@ -110,15 +102,11 @@ def plot_patch_grid(image: torch.Tensor, patch_size: int, ax=None, numbers: bool
 
 def plot_patch_sequence(image: torch.Tensor, patch_size: int, count: int | None = None, title: str | None = None):
     """The patches of one image side by side, in the order the transformer reads them."""
-    import matplotlib.pyplot as plt
-
     patches = patch_sequence(image, patch_size)  # (N, C, P, P)
     count = min(count or len(patches), len(patches))
     fig, axes = plt.subplots(1, count, figsize=(0.55 * count, 0.9), squeeze=False)
     for index, ax in enumerate(axes[0]):
-        ax.imshow(_as_picture(patches[index]), cmap="gray")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        draw_image(ax, patches[index])
         ax.set_xlabel(str(index), fontsize=7)
     fig.suptitle(title or f"the first {count} of {len(patches)} patches, as a sequence", fontsize=9, y=1.12)
     return fig
@@ -126,8 +114,6 @@ def plot_patch_sequence(image: torch.Tensor, patch_size: int, count: int | None 
 
 def plot_position_similarity(similarity: torch.Tensor, title: str = "", fig=None):
     """A g x g grid of panels: panel (i, j) shows how similar position (i, j) is to every position."""
-    import matplotlib.pyplot as plt
-
     g = similarity.shape[0]
     if fig is None:
         fig = plt.figure(figsize=(0.75 * g + 0.9, 0.75 * g + 0.4))
@@ -150,10 +136,6 @@ def plot_position_similarity(similarity: torch.Tensor, title: str = "", fig=None
 
 def patch_size_widget(image: torch.Tensor, default: int | None = None):
     """A slider over the patch sizes that tile ``image``; redraws :func:`plot_patch_grid`."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
     size = image.shape[-1]
     sizes = patch_sizes(size, smallest=max(2, size // 56))
     default = default if default in sizes else sizes[len(sizes) // 2]

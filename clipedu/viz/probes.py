@@ -1,10 +1,9 @@
 """Linear probes and few-shot curves, drawn (notebook 10).
 
-- :func:`shots_matching` -- where a few-shot curve reaches a given accuracy (zero-shot's), read
-  between the measured points on a log-2 axis of shots: "a prompt is worth N labelled examples".
 - :func:`plot_probe_bars` -- probe accuracy per attribute, one bar per encoder, chance marked.
 - :func:`plot_few_shot_curves` -- accuracy against labelled examples per class, one panel per
-  attribute, the zero-shot accuracy as a horizontal line and the crossing marked.
+  attribute, the zero-shot accuracy as a horizontal line and the crossing marked
+  (:func:`clipedu.evaluate.shots_matching`).
 """
 
 from __future__ import annotations
@@ -12,28 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import matplotlib.pyplot as plt
 
-def shots_matching(curve: Mapping[int, float | tuple[float, float]], accuracy: float) -> float:
-    """How many labelled examples per class the curve needs to reach ``accuracy``.
-
-    ``curve`` maps shots (examples per class) to accuracy, or to (mean, std) as
-    :func:`clipedu.evaluate.few_shot_curve` returns. At the first measured point that reaches
-    ``accuracy``, the answer is interpolated linearly in log2(shots) with the point before it.
-    If the first point already reaches it, that point's shots (the prompt is worth *at most* that
-    many); if no point reaches it, ``inf``.
-    """
-    if not curve:
-        raise ValueError("the curve has no points")
-    points = sorted((int(k), float(v[0] if isinstance(v, tuple | list) else v)) for k, v in curve.items())
-    if points[0][0] < 1:
-        raise ValueError(f"shots must be positive, got {points[0][0]}")
-    if points[0][1] >= accuracy:
-        return float(points[0][0])
-    for (k0, a0), (k1, a1) in zip(points, points[1:]):
-        if a1 >= accuracy:
-            t = (accuracy - a0) / (a1 - a0)  # a0 < accuracy <= a1, so 0 < t <= 1
-            return 2 ** (math.log2(k0) + t * (math.log2(k1) - math.log2(k0)))
-    return math.inf
+from clipedu.evaluate import shots_matching
 
 
 def plot_probe_bars(
@@ -43,8 +23,6 @@ def plot_probe_bars(
     ax=None,
 ):
     """Grouped bars: ``results[encoder][attribute]`` = accuracy, one group per attribute."""
-    import matplotlib.pyplot as plt
-
     encoders = list(results)
     if not encoders:
         raise ValueError("no results to draw")
@@ -86,8 +64,6 @@ def plot_few_shot_curves(
 ):
     """One panel per attribute: mean accuracy (error bars: std over repeats) against shots on a
     log-2 axis, the zero-shot accuracy as a horizontal line, and where the curve crosses it."""
-    import matplotlib.pyplot as plt
-
     if not curves:
         raise ValueError("no curves to draw")
     cols = min(2, len(curves))

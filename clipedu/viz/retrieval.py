@@ -8,7 +8,9 @@ Pure functions compute what is shown; the tests call them directly:
   wrong?
 - :func:`recall_curve` -- recall@K for every K, both directions (built on
   :func:`clipedu.evaluate.retrieval_recall`).
-- :func:`swap_margins` -- two-object scenes: cos(image, true caption) - cos(image, swapped caption).
+
+The swapped-caption margins drawn by :func:`plot_swap_margins` come from
+:func:`clipedu.evaluate.swap_margins`.
 
 Plots: :func:`plot_text_to_images` (a grid: one caption per row, its top images beside it),
 :func:`plot_image_to_texts` (one image per row, its top captions beside it), :func:`plot_recall_curve`,
@@ -21,7 +23,12 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import matplotlib.pyplot as plt
 import torch
+
+from clipedu.data import check_uint8_images
+from clipedu.evaluate import retrieval_recall
+from clipedu.viz.images import draw_image
 
 OWN, RELEVANT, WRONG = "own", "relevant", "wrong"
 _COLOURS = {OWN: "#2a9d4b", RELEVANT: "#3b6ea5", WRONG: "#c0392b"}
@@ -104,27 +111,11 @@ def recall_curve(
 ) -> dict[str, list[float]]:
     """{"image_to_text": [R@k for k in ks], "text_to_image": [...]}, from
     :func:`clipedu.evaluate.retrieval_recall` (``relevant`` counts every fitting pair as a hit)."""
-    from clipedu.evaluate import retrieval_recall
-
     ks = list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be positive ints, got {ks}")
     recall = retrieval_recall(image_embeds, text_embeds, text_to_image, ks=ks, relevant=relevant)
     return {d: [recall[f"{d}_R@{k}"] for k in ks] for d in ("image_to_text", "text_to_image")}
-
-
-def swap_margins(image_embeds: torch.Tensor, true_embeds: torch.Tensor, swapped_embeds: torch.Tensor) -> torch.Tensor:
-    """(N,) cos(image i, its caption) - cos(image i, the caption with the two objects swapped).
-
-    Above 0: the model prefers the true caption. :func:`clipedu.evaluate.swapped_caption_accuracy`
-    is the fraction of margins above 0.
-    """
-    images = _check_embeds("image_embeds", image_embeds)
-    for name, x in (("true_embeds", true_embeds), ("swapped_embeds", swapped_embeds)):
-        if _check_embeds(name, x).shape != images.shape:
-            raise ValueError(f"{name} must have the shape of image_embeds {tuple(images.shape)}, got {tuple(x.shape)}")
-    true, swapped = true_embeds.detach().float().cpu(), swapped_embeds.detach().float().cpu()
-    return (images * true).sum(1) - (images * swapped).sum(1)
 
 
 # --- plots ------------------------------------------------------------------------------------------
@@ -138,17 +129,6 @@ def _frame(ax, colour: str | None, width: float = 3.0) -> None:
             spine.set_linewidth(width)
 
 
-def _picture(image: torch.Tensor):
-    picture = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C) for imshow
-    return picture[..., 0] if picture.shape[-1] == 1 else picture
-
-
-def _check_images(images, name: str = "images") -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        got = (images.dtype, tuple(images.shape)) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected {name} as uint8 (N, C, H, W), got {got}")
-
-
 def plot_text_to_images(
     images: torch.Tensor,
     queries: Sequence[str],
@@ -160,9 +140,7 @@ def plot_text_to_images(
     """Text -> image retrieval as a grid: one query caption per row, its top-k images to the right,
     each titled with its rank and cosine. Frames: green for the caption's own image, blue for another
     image it fits (``relevant``), red for a wrong one. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    _check_images(images)
+    check_uint8_images(images)
     q, k = matches.indices.shape
     if len(queries) != q:
         raise ValueError(f"{q} rows of matches but {len(queries)} query captions")
@@ -177,7 +155,7 @@ def plot_text_to_images(
         for col in range(k):
             ax = axes[row, col + 1]
             i = int(matches.indices[row, col])
-            ax.imshow(_picture(images[i]), cmap="gray", vmin=0, vmax=255)
+            draw_image(ax, images[i])
             mark = marks[row][col]
             _frame(ax, _COLOURS[mark])
             ax.set_title(f"#{col + 1} {_SYMBOLS[mark]} {float(matches.scores[row, col]):+.2f}", fontsize=7,
@@ -198,9 +176,7 @@ def plot_image_to_texts(
     """Image -> text retrieval: one query image per row (``images`` holds the Q query images), its
     top-k captions listed beside it with rank, cosine and a mark (star: its own caption, check: another
     caption that fits, cross: wrong). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    _check_images(images)
+    check_uint8_images(images)
     q, k = matches.indices.shape
     if len(images) != q:
         raise ValueError(f"{q} rows of matches but {len(images)} query images")
@@ -209,7 +185,7 @@ def plot_image_to_texts(
                              gridspec_kw={"width_ratios": [1.0, 6.0]})
     for row in range(q):
         ax = axes[row, 0]
-        ax.imshow(_picture(images[row]), cmap="gray", vmin=0, vmax=255)
+        draw_image(ax, images[row])
         _frame(ax, None)
         text_ax = axes[row, 1]
         text_ax.axis("off")
@@ -229,8 +205,6 @@ def plot_recall_curve(curves: Mapping[str, Sequence[float]], ks: Sequence[int], 
                       title: str = "recall@K"):
     """Recall@K against K (log axis) for each direction in ``curves`` (from :func:`recall_curve`).
     Returns the axes; call again with the same ``ax`` and another ``label`` to compare settings."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.4))
     for direction, values in curves.items():
@@ -253,8 +227,6 @@ def plot_swap_margins(margins: Mapping[str, torch.Tensor], ax=None, bins: int = 
                       title: str = "true caption minus swapped caption"):
     """One histogram per model of :func:`swap_margins`; the share above 0 (the swapped-caption
     accuracy) goes in the legend. Returns the axes."""
-    import matplotlib.pyplot as plt
-
     if not margins:
         raise ValueError("margins needs at least one model")
     if ax is None:
@@ -283,9 +255,7 @@ def plot_swapped_examples(
 ):
     """Two-object scenes with their true and swapped captions, and under each image every model's
     margin (green: the true caption wins, red: the swapped one does). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    _check_images(images)
+    check_uint8_images(images)
     n = len(images)
     if len(captions) != n or len(swapped) != n:
         raise ValueError(
@@ -301,7 +271,7 @@ def plot_swapped_examples(
         ax.axis("off")
         if k >= n:
             continue
-        ax.imshow(_picture(images[k]), cmap="gray", vmin=0, vmax=255)
+        draw_image(ax, images[k])
         ax.set_title(f"true: {textwrap.fill(captions[k], 34)}\nswapped: {textwrap.fill(swapped[k], 34)}",
                      fontsize=7, loc="left")
         lines = [(f"{name}: {float(m[k]):+.3f}", _COLOURS[OWN] if float(m[k]) > 0 else _COLOURS[WRONG])

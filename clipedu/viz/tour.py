@@ -9,23 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.patches import FancyBboxPatch
 
-NOTEBOOKS = (
-    "00_setup_and_tour",
-    "01_images_to_patches",
-    "02_attention",
-    "03_vision_transformer",
-    "04_text_encoder",
-    "05_contrastive_loss",
-    "06_train_mini_clip",
-    "07_zero_shot_and_retrieval",
-    "08_attention_maps",
-    "09_embedding_space",
-    "10_linear_probes",
-    "11_blip2_qformer",
-    "12_real_clip_weights",
-)
+from clipedu.data.drawing import compose, coverage
+from clipedu.viz.images import draw_image
 
 
 @dataclass(frozen=True)
@@ -88,9 +77,6 @@ _COLOURS = {"image": "#dbe9f6", "text": "#fde3c8", "model": "#e4e4f4", "loss": "
 
 def plot_pipeline(ax=None):
     """Draw :func:`pipeline_layout`: each box with the notebook that builds it in its corner."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
     boxes, arrows = pipeline_layout()
     if ax is None:
         _, ax = plt.subplots(figsize=(11, 5))
@@ -136,8 +122,6 @@ def heldout_matrix(world) -> torch.Tensor:
 
 def pair_images(world, size: int | None = None) -> torch.Tensor:
     """Every colour x shape pair drawn once, large and centred: uint8 (colours, shapes, 3, S, S)."""
-    from clipedu.data.drawing import compose, coverage
-
     size = size or world.image_size
     n_colours, n_shapes = len(world.COLOURS), len(world.SHAPES)
     n = n_colours * n_shapes
@@ -153,8 +137,6 @@ def pair_images(world, size: int | None = None) -> torch.Tensor:
 
 def plot_pairs(world, size: int | None = None):
     """The colour x shape grid, the held-out pairs framed in red. Returns the figure."""
-    import matplotlib.pyplot as plt
-
     images = pair_images(world, size)  # (colours, shapes, 3, S, S)
     held = heldout_matrix(world)
     rows, cols = held.shape
@@ -162,9 +144,7 @@ def plot_pairs(world, size: int | None = None):
     for i in range(rows):
         for j in range(cols):
             ax = axes[i, j]
-            ax.imshow(images[i, j].permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
+            draw_image(ax, images[i, j])
             for spine in ax.spines.values():
                 spine.set_visible(bool(held[i, j]))
                 spine.set_color("red")

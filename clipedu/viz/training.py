@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+from IPython.display import display
 
 
 def plot_history(history, axes=None, title: str | None = None):
@@ -52,8 +53,6 @@ class LivePlot:
         self.every, self.calls, self.handle = every, 0, None
 
     def __call__(self, trainer) -> None:
-        from IPython.display import display
-
         self.calls += 1
         if self.calls % self.every:
             return

@@ -9,7 +9,7 @@ import torch  # noqa: E402
 from clipedu import preset  # noqa: E402
 from clipedu.text import TextTransformer  # noqa: E402
 from clipedu.tokenizer import WordTokenizer  # noqa: E402
-from clipedu.viz.text_plots import (  # noqa: E402
+from clipedu.viz.text import (  # noqa: E402
     causal_demo,
     causal_widget,
     plot_position_differences,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from clipedu.text import TextTransformer, check_tokens
 
@@ -100,9 +102,6 @@ def causal_demo(model: TextTransformer, tokenizer, caption: str, position: int, 
 
 def causal_widget(model: TextTransformer, tokenizer, caption: str, words: Sequence[str], position: int = 3):
     """A slider for the position and a menu for the new word, redrawing :func:`causal_demo`."""
-    import ipywidgets as widgets
-    from IPython.display import display
-
     n_words = len(tokenizer.encode(caption)) - 2
     slider = widgets.IntSlider(value=min(position, n_words), min=1, max=n_words, description="position",
                                continuous_update=False)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import torch
+
+from clipedu.viz.images import draw_image
 
 
 def mask_labels(num_queries: int, text_words: list[str]) -> list[str]:
@@ -59,7 +63,7 @@ def show_captions(images: torch.Tensor, generated: list[str], truth: list[str], 
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(images[i].permute(1, 2, 0).cpu())
+        draw_image(ax, images[i])
         mark = "" if marks is None else ("✓ " if marks[i] else "✗ ")
         ax.set_title(f"{mark}{_wrap(generated[i])}\ntrue: {_wrap(truth[i])}", fontsize=7.5)
     fig.tight_layout()
@@ -67,8 +71,6 @@ def show_captions(images: torch.Tensor, generated: list[str], truth: list[str], 
 
 
 def _wrap(text: str, width: int = 34) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width)) or "(empty)"
 
 

@@ -9,8 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from clipedu.losses import clip_loss  # noqa: E402
-from clipedu.viz.embedding import (  # noqa: E402
+from clipedu.geometry import (  # noqa: E402
     alignment,
     gap_vector,
     loss_vs_temperature,
@@ -18,13 +17,12 @@ from clipedu.viz.embedding import (  # noqa: E402
     neighbour_agreement,
     pair_cosines,
     pca,
-    plot_cosine_histograms,
-    plot_projection,
     project,
-    projection_explorer,
     shift_gap,
     uniformity,
 )
+from clipedu.losses import clip_loss  # noqa: E402
+from clipedu.viz.geometry import plot_cosine_histograms, plot_projection, projection_explorer  # noqa: E402
 
 
 def unit(n, d=8, seed=0, offset=None):
