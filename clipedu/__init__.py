@@ -5,17 +5,9 @@ The modules follow the course: ``patches`` (01), ``attention`` and ``transformer
 ``train`` (06), ``evaluate`` (07, 10), ``viz`` (05, 08, 09), ``blip2`` (11), ``pretrained`` (12).
 """
 
+from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig, preset
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "TextConfig", "VisionConfig", "preset", "__version__"]
-
-
-def __getattr__(name):
-    # Imported lazily so `import clipedu` stays light for tools that only need the config.
-    if name == "CLIP":
-        from clipedu.clip import CLIP
-
-        return CLIP
-    raise AttributeError(f"module 'clipedu' has no attribute {name!r}")

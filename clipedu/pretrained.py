@@ -17,6 +17,7 @@ Photos are prepared with :class:`clipedu.preprocess.Preprocess`, captions with
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -28,9 +29,13 @@ from http.client import HTTPException
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from clipedu.bpe import N_MERGES, BPETokenizer
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig
+from clipedu.evaluate import encode_texts
+from clipedu.preprocess import preprocess_batch
 from clipedu.runtime import cache_dir
 
 # (clipedu prefix, OpenAI prefix), tried in order; the first match renames the key's start.
@@ -279,8 +284,6 @@ def download_file(url: str, dest: str | Path, sha256: str, progress: bool = True
 
 
 def _progress_bar(total: int | None, name: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, desc=name)
 
 
@@ -437,7 +440,7 @@ def load_open_clip(model_name: str, pretrained_tag: str | None, device: str | to
     random initialisation (no download). QuickGELU follows the tag when open_clip knows it (the
     ``openai`` tags use it), else the model's config.
     """
-    try:
+    try:  # imported here: an optional extra (open_clip_torch), used to check compatibility
         import open_clip
     except ImportError as err:
         raise ImportError("load_open_clip needs open_clip: pip install open_clip_torch") from err
@@ -480,8 +483,6 @@ def encode_photos(model: CLIP, images, batch_size: int = 128) -> torch.Tensor:
     resized (bicubic, shorter side) and centre-cropped to the model's resolution, then normalised
     with OpenAI's statistics (:mod:`clipedu.preprocess`).
     """
-    from clipedu.preprocess import preprocess_batch
-
     model.eval()
     device = next(model.parameters()).device
     size = model.cfg.vision.image_size
@@ -496,8 +497,6 @@ def encode_photos(model: CLIP, images, batch_size: int = 128) -> torch.Tensor:
 def encode_prompts(model: CLIP, tokenizer, texts, batch_size: int = 256) -> torch.Tensor:
     """Unit-length text embeddings (M, E) on the CPU: :func:`clipedu.evaluate.encode_texts`, which
     runs the causal text encoder only up to the last <eot> of each batch."""
-    from clipedu.evaluate import encode_texts
-
     return encode_texts(model, tokenizer, texts, batch_size=batch_size)
 
 
@@ -508,8 +507,6 @@ def clip_tokenizer(stand_in_if_missing: bool = False):
     It needs OpenAI's merges file (shipped with open_clip, else downloaded once). Offline without
     it, ``stand_in_if_missing=True`` returns :func:`stand_in_tokenizer` instead, with a warning.
     """
-    from clipedu.bpe import BPETokenizer
-
     try:
         return BPETokenizer()
     except FileNotFoundError as err:
@@ -527,10 +524,6 @@ def stand_in_tokenizer():
     48,894 "merges" are pairs of private-use characters that never occur in text, so every caption
     becomes its UTF-8 bytes (ids below 512). Real CLIP weights need the real tokenizer.
     """
-    import gzip
-
-    from clipedu.bpe import N_MERGES, BPETokenizer
-
     lines = ["#version: stand-in"] + [f"{chr(0xE000 + i // 256)} {chr(0xF000 + i % 256)}" for i in range(N_MERGES)]
     folder = Path(tempfile.mkdtemp(prefix="clipedu-stand-in-"))
     path = folder / "stand_in_merges.txt.gz"

@@ -195,7 +195,7 @@ def use_google_drive(subfolder: str = "clipedu-runs") -> Path:
     """
     if not in_colab():
         raise RuntimeError("use_google_drive() only works inside Google Colab")
-    from google.colab import drive  # type: ignore[import-not-found]
+    from google.colab import drive  # type: ignore[import-not-found]  # exists on Colab only
 
     drive.mount("/content/drive")
     path = Path("/content/drive/MyDrive") / subfolder

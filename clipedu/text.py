@@ -12,7 +12,7 @@ means the only token that has read the whole caption is the last one, ``<eot>``,
 the caption's embedding. A useful consequence: padding after ``<eot>`` can never change it.
 
 Tokenizers live in :mod:`clipedu.tokenizer` (word-level, for the course data) and :mod:`clipedu.bpe`
-(CLIP's byte-level BPE); both are importable from here.
+(CLIP's byte-level BPE).
 """
 
 from __future__ import annotations
@@ -23,18 +23,9 @@ import torch
 from torch import nn
 
 from clipedu.config import TextConfig
-from clipedu.tokenizer import WordTokenizer
 from clipedu.transformer import Transformer
 
-__all__ = ["TextTransformer", "TextOutput", "WordTokenizer", "check_tokens", "eot_index"]  # and BPETokenizer
-
-
-def __getattr__(name):
-    if name == "BPETokenizer":  # lazily: only notebook 12 needs it
-        from clipedu.bpe import BPETokenizer
-
-        return BPETokenizer
-    raise AttributeError(f"module 'clipedu.text' has no attribute {name!r}")
+__all__ = ["TextTransformer", "TextOutput", "check_tokens", "eot_index"]
 
 
 def check_tokens(tokens: torch.Tensor, cfg: TextConfig) -> None:

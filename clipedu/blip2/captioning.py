@@ -15,6 +15,8 @@ partial captions by total log-probability), both stopping at ``<eot>``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -47,8 +49,6 @@ class Blip2Captioner(nn.Module):
     def from_stage1(cls, stage1, language_model: TinyLM) -> Blip2Captioner:
         """Start from a stage-1 model's ``ln_vision`` and Q-Former (copies, so stage 1 stays as it is);
         its ITC, ITM and ITG heads are left behind."""
-        import copy
-
         return cls(copy.deepcopy(stage1.qformer), copy.deepcopy(stage1.ln_vision), language_model,
                    stage1.image_encoder)
 

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
+from clipedu.blip2.captioning import greedy_decode
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
+from clipedu.blip2.training import attribute_keys
 from clipedu.data import CaptionedImages
 from clipedu.data.grammar import parse_caption
 
@@ -67,8 +69,6 @@ def continue_captions(lm, tokenizer, texts: Sequence[str], max_length: int | Non
     picture: a test that it reads its context, which is all a soft prompt can use. Texts of the
     same length in tokens share a batch (so no context needs padding).
     """
-    from clipedu.blip2.captioning import greedy_decode
-
     lm.eval()
     device = next(lm.parameters()).device
     max_length = max_length or tokenizer.context_length
@@ -145,8 +145,6 @@ def retrieval_comparison(
     A hit is a caption (image) with the same attributes as the image (caption): two pictures of a
     large red circle at the top left are both right for "a big red disc in the top left".
     """
-    from clipedu.blip2.training import attribute_keys
-
     tokens = tokenizer([caps[0] for caps in data.captions], context_length=model.cfg.context_length,
                        truncate=True)
     keys = attribute_keys(data)

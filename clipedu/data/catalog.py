@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clipedu.data.base import CaptionedImages, mirror_caption, split_indices
+from clipedu.data.cifar import cifar10, cifar100
+from clipedu.data.digits import digits
+from clipedu.data.folder import image_caption_folder
+from clipedu.data.shapes import ShapesWorld
 from clipedu.tokenizer import WordTokenizer, split_words
 
 DATASET_NAMES = ("shapes", "shapes2", "cifar10", "cifar100", "digits", "folder:<path>")
@@ -23,24 +27,16 @@ def get_dataset(name: str, split: str = "train", **options) -> CaptionedImages:
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a str; valid names are {', '.join(DATASET_NAMES)}")
     if name in ("shapes", "shapes2"):
-        from clipedu.data.shapes import ShapesWorld
-
         n = options.pop("n", _DEFAULT_SIZES.get(split, 2_000))
         world = ShapesWorld(num_objects=2 if name == "shapes2" else 1, **options)
         return world.generate(n, split)
     if name in ("cifar10", "cifar100"):
-        from clipedu.data import cifar
-
         if split not in ("train", "test"):
             raise ValueError(f"{name} has the splits 'train' and 'test', got {split!r}")
-        return getattr(cifar, name)(train=split == "train", **options)
+        return (cifar10 if name == "cifar10" else cifar100)(train=split == "train", **options)
     if name == "digits":
-        from clipedu.data.digits import digits
-
         return digits(split=split, **options)
     if name.startswith("folder:"):
-        from clipedu.data.folder import image_caption_folder
-
         seed, test_fraction = options.pop("seed", 0), options.pop("test_fraction", 0.1)
         data = image_caption_folder(name[len("folder:"):], **options)
         return data.subset(split_indices(len(data), split, test_fraction, seed))

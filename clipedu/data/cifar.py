@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from clipedu.data.base import CaptionedImages
+from clipedu.runtime import data_dir
 
 # The 18 prompt templates the CLIP paper used for CIFAR-10 and CIFAR-100.
 CIFAR_TEMPLATES = [
@@ -73,8 +74,6 @@ def cifar100(train: bool = True, root: str | Path | None = None, download: bool 
 def _load(kind: str, train: bool, root, download: bool) -> CaptionedImages:
     layout = _LAYOUT[kind]
     if root is None:
-        from clipedu.runtime import data_dir
-
         root = data_dir()
     folder = Path(root) / layout["folder"]
     files = [folder / f for f in layout["train" if train else "test"]] + [folder / layout["meta"]]
@@ -127,7 +126,7 @@ def _load(kind: str, train: bool, root, download: bool) -> CaptionedImages:
 
 def _download(kind: str, root: Path) -> None:
     """Fetch the dataset with torchvision (which checks the archive's md5) into ``root``."""
-    from torchvision import datasets
+    from torchvision import datasets  # imported here: torchvision takes seconds to load, for a download only
 
     root.mkdir(parents=True, exist_ok=True)
     maker = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100

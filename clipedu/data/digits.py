@@ -33,7 +33,7 @@ def digits(
 
     ``split`` is "train", "test" (a seeded ``test_fraction`` of the images) or "all".
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # imported here: scikit-learn takes seconds to load
 
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an int of at least 8, got {image_size!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipedu.data.base import CaptionedImages
 
@@ -128,8 +129,6 @@ def _read_jsonl(path: Path, skipped: Counter) -> list[tuple[str, str]]:
 
 def _load_image(file: Path, image_size: int) -> np.ndarray | None:
     """The picture as (S, S, 3) uint8, centre-cropped to a square and resized; None if unreadable."""
-    from PIL import Image
-
     try:
         with Image.open(file) as picture:
             picture = picture.convert("RGB")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from clipedu.tokenizer import split_words
+
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 SIZES = ("small", "large")
 POSITIONS = (
@@ -183,8 +185,6 @@ def parse_caption(text: str) -> dict[str, str | None]:
     centre, "left" alone the centre left. Written for one-object captions: in two-object captions
     "left of" is a relation, not a place.
     """
-    from clipedu.tokenizer import split_words
-
     words = split_words(text)
     found: dict[str, str | None] = {}
     for attribute, synonym_of in _SYNONYM_OF.items():

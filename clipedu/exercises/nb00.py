@@ -6,13 +6,13 @@ from functools import cache
 
 import torch
 
+from clipedu.data import ShapesWorld
 from clipedu.exercises import Exercise, compare_tensors
+from clipedu.transformer import ResidualBlock
 
 
 @cache
 def _world_data(n: int, split: str, holdout: tuple | None = None):
-    from clipedu.data import ShapesWorld
-
     world = ShapesWorld(seed=7) if holdout is None else ShapesWorld(seed=7, holdout=holdout)
     return world, world.generate(n, split)
 
@@ -85,8 +85,6 @@ count_images = Exercise(
 
 # --- 2. parameters of one transformer block -----------------------------------------------------
 def _block_reference_count(width: int, mlp_ratio: float) -> int:
-    from clipedu.transformer import ResidualBlock
-
     return sum(p.numel() for p in ResidualBlock(width, 1, mlp_ratio).parameters())
 
 
@@ -219,6 +217,4 @@ missing_pairs = Exercise(
 
 
 def _default_holdout():
-    from clipedu.data import ShapesWorld
-
     return ShapesWorld.DEFAULT_HOLDOUT

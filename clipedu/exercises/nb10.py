@@ -152,7 +152,7 @@ def _c_case(seed: int):
 
 
 def _accuracies(tx, ty, vx, vy, sx, sy, cs=_CS):
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # imported here: scikit-learn takes seconds to load
 
     out = {}
     for c in cs:
@@ -162,7 +162,7 @@ def _accuracies(tx, ty, vx, vy, sx, sy, cs=_CS):
 
 
 def _probe_reference(train_x, train_y, val_x, val_y, test_x, test_y, cs):
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # imported here: scikit-learn takes seconds to load
 
     best_val, best_clf = -1.0, None
     for c in cs:

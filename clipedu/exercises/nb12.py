@@ -7,15 +7,15 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from clipedu.clip import CLIP
+from clipedu.config import preset
 from clipedu.exercises import Exercise, compare_tensors
+from clipedu.pretrained import to_openai_state_dict
 
 
 # --- 1. the architecture from the tensor shapes ---------------------------------------------------
 @functools.cache
 def _vit(width: int, layers: int, patch: int, image: int):
-    from clipedu import CLIP, preset
-    from clipedu.pretrained import to_openai_state_dict
-
     # The image tower as released; a one-block text tower keeps this quick (the answer reads visual.*).
     cfg = preset("ViT-B/32", vision_width=width, vision_layers=layers, vision_heads=max(1, width // 64),
                  patch_size=patch, image_size=image, text_layers=1, text_width=64, text_heads=1,
