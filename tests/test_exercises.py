@@ -1,8 +1,14 @@
-"""Every checker accepts a correct answer and rejects each typical mistake with a specific message."""
+"""Every checker accepts a correct answer and rejects each typical mistake with a specific message;
+every worked solution runs on its own and passes its checker."""
 
+import ast
+import textwrap
+
+import numpy as np
 import pytest
+import torch
 
-from clipedu.exercises import Exercise, Feedback, all_exercises
+from clipedu.exercises import Exercise, Feedback, all_exercises, as_number, close
 
 EXERCISES = all_exercises()
 
@@ -49,13 +55,33 @@ def test_unfinished_and_crashing_answers_get_feedback_not_tracebacks():
 
 
 def test_as_number_takes_one_number_in_any_form_and_refuses_the_rest():
-    import numpy as np
-    import torch
-
-    from clipedu.exercises import as_number
-
     assert as_number(0.5) == 0.5 and as_number(3) == 3.0
     assert as_number(torch.tensor(2.5)) == 2.5 and as_number(torch.tensor([2.5])) == 2.5
     assert as_number(np.float64(1.5)) == 1.5 and as_number(np.array([1.5])) == 1.5
     for bad in (torch.zeros(2), np.zeros(3), [1.0], "one", None):
         assert as_number(bad) is None
+
+
+def _function_defined_by(code: str):
+    """Run a solution in a fresh namespace and return the one function it defines."""
+    names = [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
+    assert len(names) == 1, f"a solution defines one function, this one defines {names}"
+    namespace: dict = {}
+    exec(compile(code, "<solution_code>", "exec"), namespace)
+    return namespace[names[0]]
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.name)
+def test_solution_code_passes_its_own_checker(exercise):
+    """The code .solution() prints runs on its own (it imports what it uses) and is accepted."""
+    answer = _function_defined_by(textwrap.dedent(exercise.solution_code))
+    feedback = exercise.check(answer)
+    assert feedback.ok, f"{exercise.name}: {feedback.message}"
+
+
+def test_close_takes_numbers_and_tensors():
+    assert close(1.0, 1.00005) and not close(1.0, 1.01)
+    assert close(1e-6, 1.01e-6, atol=1e-12, rel=0.02) and not close(1e-6, 1.1e-6, atol=1e-12)  # relative
+    t = torch.tensor([1.0, 2.0])
+    assert close(t + 1e-6, t) and not close(t + 0.1, t)
+    assert not close(t[:1], t) and not close([1.0, 2.0], t)  # another shape, or no tensor at all

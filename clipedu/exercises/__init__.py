@@ -116,12 +116,21 @@ def as_number(got) -> float | None:
         return None
 
 
+def close(got, expected, rel: float = 1e-4, atol: float = 1e-4) -> bool:
+    """True when ``got`` is within ``atol + rel * |expected|`` of ``expected``: two numbers, or two
+    tensors of the same shape, entry by entry (a tensor against a non-tensor is never close)."""
+    if isinstance(expected, torch.Tensor):
+        return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+                and bool(torch.allclose(got.double(), expected.double(), rtol=rel, atol=atol)))
+    return abs(got - expected) <= atol + rel * abs(expected)
+
+
 def compare_numbers(name: str, got, expected: float, rel: float = 1e-4) -> str | None:
     try:
         value = float(got)
     except (TypeError, ValueError):
         return f"{name} should be a number, got {type(got).__name__}."
-    if abs(value - expected) > rel * max(1.0, abs(expected)):
+    if not close(value, expected, rel=rel, atol=rel):
         return f"{name} should be {expected:.6g}, got {value:.6g}."
     return None
 

@@ -63,10 +63,12 @@ count_images = Exercise(
     hint_text="data.labels[attribute] holds one class index per image; torch.bincount counts them. "
     "How many classes there are is len(data.class_names[attribute]), even if one never occurs.",
     solution_code="""
+    import torch
+
+
     def count_images(data, attribute):
-        labels = data.labels[attribute]                      # (N,) class index per image
-        classes = len(data.class_names[attribute])
-        return torch.bincount(labels, minlength=classes)     # (classes,)
+        labels = data.labels[attribute]  # (N,) one class index per image
+        return torch.bincount(labels, minlength=len(data.class_names[attribute]))  # (classes,)
     """,
     reference=_count_reference,
     mistakes=[
@@ -121,10 +123,10 @@ block_parameters = Exercise(
     solution_code="""
     def block_parameters(width, mlp_ratio=4.0):
         w, hidden = width, int(width * mlp_ratio)
-        layer_norms = 2 * (2 * w)                      # ln_1 and ln_2: weight and bias each
+        layer_norms = 2 * (2 * w)  # ln_1 and ln_2: weight and bias each
         attention = (w * 3 * w + 3 * w) + (w * w + w)  # qkv and out_proj
-        mlp = (w * hidden + hidden) + (hidden * w + w) # fc1 and fc2
-        return layer_norms + attention + mlp           # 12 w^2 + 13 w when mlp_ratio = 4
+        mlp = (w * hidden + hidden) + (hidden * w + w)  # fc1 and fc2
+        return layer_norms + attention + mlp  # 12 w^2 + 13 w when mlp_ratio = 4
     """,
     reference=lambda: lambda width, mlp_ratio=4.0: _block_reference_count(width, mlp_ratio),
     mistakes=[
@@ -190,9 +192,8 @@ missing_pairs = Exercise(
     solution_code="""
     def missing_pairs(data):
         colours, shapes = data.class_names["colour"], data.class_names["shape"]
-        seen = set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist()))
-        return {(colours[c], shapes[s])
-                for c in range(len(colours)) for s in range(len(shapes)) if (c, s) not in seen}
+        seen = set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist()))  # (colour, shape) indices
+        return {(colours[c], shapes[s]) for c in range(len(colours)) for s in range(len(shapes)) if (c, s) not in seen}
     """,
     reference=lambda: _missing_pairs_reference,
     mistakes=[

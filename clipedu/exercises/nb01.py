@@ -76,8 +76,8 @@ patchify = Exercise(
     def my_patchify(images, patch_size):
         b, c, h, w = images.shape
         p = patch_size
-        x = images.reshape(b, c, h // p, p, w // p, p)   # (B, C, gh, P, gw, P)
-        x = x.permute(0, 2, 4, 1, 3, 5)                  # (B, gh, gw, C, P, P)
+        x = images.reshape(b, c, h // p, p, w // p, p)  # (B, C, gh, P, gw, P)
+        x = x.permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, P, P)
         return x.reshape(b, (h // p) * (w // p), c * p * p)  # (B, N, C*P*P)
     """,
     reference=lambda: _reference_patchify,
@@ -140,8 +140,8 @@ token_counts = Exercise(
     solution_code="""
     def token_counts(cfg):
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
-        sequence_length = num_patches + 1                 # the CLS token in front
-        patch_dim = cfg.channels * cfg.patch_size ** 2
+        sequence_length = num_patches + 1  # the CLS token in front
+        patch_dim = cfg.channels * cfg.patch_size**2
         return num_patches, sequence_length, patch_dim
     """,
     reference=lambda: _sizes_reference,
@@ -187,8 +187,7 @@ conv_to_linear = Exercise(
     "order patchify uses. One reshape does it.",
     solution_code="""
     def conv_to_linear(weight):
-        d = weight.shape[0]
-        return weight.reshape(d, -1)   # (D, C*P*P): one row per output channel
+        return weight.reshape(weight.shape[0], -1)  # (D, C*P*P): one row per filter, in (C, P, P) order
     """,
     reference=lambda: lambda weight: weight.reshape(weight.shape[0], -1),
     mistakes=[

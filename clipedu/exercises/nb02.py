@@ -94,11 +94,14 @@ attention = Exercise(
     hint_text="scores = q @ k.transpose(-2, -1) is (..., Nq, Nk); divide by math.sqrt(d) with d = q.shape[-1]; "
     "softmax over the last dimension (the keys); the output is weights @ v.",
     solution_code="""
+    import math
+
+
     def attention(q, k, v):
         d = q.shape[-1]
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d)   # (..., Nq, Nk)
-        weights = scores.softmax(dim=-1)                  # each row sums to 1
-        return weights @ v, weights                       # (..., Nq, d), (..., Nq, Nk)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (..., Nq, Nk)
+        weights = scores.softmax(dim=-1)  # each query's weights sum to 1 over the keys
+        return weights @ v, weights  # (..., Nq, d), (..., Nq, Nk)
     """,
     reference=lambda: _attention_reference,
     mistakes=[
@@ -148,10 +151,13 @@ causal_mask = Exercise(
     hint_text="torch.ones(n, n, dtype=torch.bool).tril() keeps the diagonal and everything below it; or compare "
     "torch.arange(n)[None, :] <= torch.arange(n)[:, None].",
     solution_code="""
+    import torch
+
+
     def make_causal_mask(n):
-        i = torch.arange(n)[:, None]   # (n, 1) query index
-        j = torch.arange(n)[None, :]   # (1, n) key index
-        return j <= i                  # (n, n) bool
+        i = torch.arange(n)[:, None]  # (n, 1) query index
+        j = torch.arange(n)[None, :]  # (1, n) key index
+        return j <= i  # (n, n) bool
     """,
     reference=lambda: lambda n: torch.arange(n)[None, :] <= torch.arange(n)[:, None],
     mistakes=[
@@ -198,7 +204,7 @@ split_heads = Exercise(
     solution_code="""
     def split_heads(x, heads):
         b, n, d = x.shape
-        return x.view(b, n, heads, d // heads).transpose(1, 2)   # (B, H, N, D/H)
+        return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, D/H)
     """,
     reference=lambda: lambda x, heads: x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2),
     mistakes=[

@@ -56,14 +56,14 @@ block_params = Exercise(
     checker=_check_block_params,
     hint_text="Six pieces: ln_1 and ln_2 (gain + bias, D each), qkv (D x 3D + 3D), out_proj (D x D + D), "
     "fc1 (D x H + H) and fc2 (H x D + D) with H = int(mlp_ratio * D).",
-    solution_code='''
+    solution_code="""
     def block_params(width, mlp_ratio=4.0):
         hidden = int(width * mlp_ratio)
         layer_norms = 2 * (2 * width)
         attention = (width * 3 * width + 3 * width) + (width * width + width)
         mlp = (width * hidden + hidden) + (hidden * width + width)
         return layer_norms + attention + mlp
-    ''',
+    """,
     reference=lambda: _ref_block_params,
     mistakes=[
         (lambda: lambda w, r=4.0: 4 * w * w + 2 * w * int(w * r), "bias"),
@@ -148,12 +148,12 @@ pre_ln_block = Exercise(
     checker=_check_pre_ln_block,
     hint_text="Normalise, transform, add: x = x + attn(ln_1(x)) (attn returns (output, weights)), "
     "then x = x + mlp(ln_2(x)).",
-    solution_code='''
+    solution_code="""
     def my_block(block, x):
         attended, _ = block.attn(block.ln_1(x))  # (B, N, D)
         x = x + attended
         return x + block.mlp(block.ln_2(x))
-    ''',
+    """,
     reference=lambda: _ref_pre_ln_block,
     mistakes=[
         (_wrong("post-LN"), "post-LN"),
@@ -194,11 +194,11 @@ sequence_length = Exercise(
     task="How many tokens does the transformer of a ViT read, for a given image and patch size?",
     checker=_check_sequence_length,
     hint_text="(image_size // patch_size) patches per side, a square grid of them, plus one CLS token.",
-    solution_code='''
+    solution_code="""
     def sequence_length(image_size, patch_size):
         grid = image_size // patch_size
         return grid * grid + 1
-    ''',
+    """,
     reference=lambda: lambda s, p: (s // p) ** 2 + 1,
     mistakes=[
         (lambda: lambda s, p: (s // p) ** 2, "CLS"),

@@ -86,13 +86,18 @@ encode_padded = Exercise(
     hint_text="split_words(text) gives the words; tokenizer.index maps a word to its id (use .get with "
     "tokenizer.unk_id); frame with tokenizer.sot_id and tokenizer.eot_id, then add tokenizer.pad_id up to "
     "tokenizer.context_length.",
-    solution_code='''
+    solution_code="""
+    import torch
+
+    from clipedu.tokenizer import split_words
+
+
     def my_encode(text, tokenizer):
         ids = [tokenizer.sot_id] + [tokenizer.index.get(w, tokenizer.unk_id) for w in split_words(text)]
         ids.append(tokenizer.eot_id)
         ids += [tokenizer.pad_id] * (tokenizer.context_length - len(ids))
         return torch.tensor(ids)
-    ''',
+    """,
     reference=lambda: _ref_encode,
     mistakes=[
         (lambda: _no_padding, "padded"),
@@ -143,11 +148,14 @@ pool_at_eot = Exercise(
     checker=_check_pool,
     hint_text="First the (B,) positions of <eot> (compare tokens with eot_id, argmax of that as integers); "
     "then index outputs with two index tensors: outputs[torch.arange(B), positions].",
-    solution_code='''
+    solution_code="""
+    import torch
+
+
     def pool(outputs, tokens, eot_id):
         positions = (tokens == eot_id).int().argmax(dim=1)  # (B,)
         return outputs[torch.arange(outputs.shape[0]), positions]  # (B, D)
-    ''',
+    """,
     reference=lambda: lambda outputs, tokens, eot_id: outputs[
         torch.arange(outputs.shape[0]), (tokens == eot_id).int().argmax(dim=1)
     ],
@@ -198,10 +206,10 @@ eot_index = Exercise(
     checker=_check_eot_index,
     hint_text="Compare the ids with eot_id to get a boolean (B, L) tensor; the position of the first True in "
     "each row is an argmax of that tensor (as integers), not of the ids.",
-    solution_code='''
+    solution_code="""
     def find_eot(tokens, eot_id):
         return (tokens == eot_id).int().argmax(dim=1)
-    ''',
+    """,
     reference=lambda: lambda tokens, eot_id: (tokens == eot_id).int().argmax(dim=1),
     mistakes=[
         (lambda: lambda tokens, eot_id: tokens.argmax(dim=1), "argmax"),

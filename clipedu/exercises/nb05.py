@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, compare_tensors
+from clipedu.exercises import Exercise, close, compare_tensors
 
 
 def _similarity_cases() -> list[tuple[torch.Tensor, int, float]]:
@@ -33,10 +33,6 @@ def _as_number(name: str, got, advice: str) -> tuple[float | None, str | None]:
         return None, f"{name} should be a number, got {type(got).__name__}."
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-4 * max(1.0, abs(b))
-
-
 # --- 1. InfoNCE for one row ---------------------------------------------------------------------------
 def _row_loss(sims: torch.Tensor, row: int, tau: float) -> float:
     return -(sims[row] / tau).log_softmax(0)[row].item()
@@ -50,7 +46,7 @@ def _check_infonce_row(infonce_row) -> str | None:
         if problem:
             return problem
         expected = _row_loss(sims, row, tau)
-        if _close(value, expected):
+        if close(value, expected):
             continue
         p = (sims[row] / tau).softmax(0)[row].item()
         diagnoses = [
@@ -66,7 +62,7 @@ def _check_infonce_row(infonce_row) -> str | None:
              f"the positive of row {row} is entry {row} (on the diagonal), not entry 0"),
         ]
         for wrong, message in diagnoses:
-            if _close(value, wrong):
+            if close(value, wrong):
                 return f"{call} gave {value:.5g}, expected {expected:.5g}: {message}."
         return f"{call} gave {value:.5g}, expected {expected:.5g} (= -log softmax(similarities[row] / tau)[row])."
     return None
@@ -81,9 +77,8 @@ infonce_row = Exercise(
     "`.log_softmax(dim=0)` does softmax and log in one stable step.",
     solution_code="""
     def infonce_row(similarities, row, tau):
-        logits = similarities[row] / tau            # (B,) image `row` against every text
-        log_p = logits.log_softmax(dim=0)           # (B,) log p(text j | image row)
-        return -log_p[row]                          # the positive sits on the diagonal
+        logits = similarities[row] / tau  # (B,) image `row` against every text
+        return -logits.log_softmax(dim=0)[row]  # the positive sits on the diagonal
     """,
     reference=lambda: lambda sims, row, tau: -(sims[row] / tau).log_softmax(0)[row],
     mistakes=[
@@ -117,7 +112,7 @@ def _check_symmetric(symmetric_loss) -> str | None:
         if problem:
             return problem
         expected = _symmetric(logits)
-        if _close(value, expected):
+        if close(value, expected):
             continue
         labels = torch.arange(b)
         rows = F.cross_entropy(logits, labels).item()
@@ -132,7 +127,7 @@ def _check_symmetric(symmetric_loss) -> str | None:
             (-expected, "the sign is flipped: each term is minus a log-probability"),
         ]
         for wrong, message in diagnoses:
-            if _close(value, wrong):
+            if close(value, wrong):
                 return f"{call} gave {value:.5g}, expected {expected:.5g}: {message}."
         return (
             f"{call} gave {value:.5g}, expected {expected:.5g}: the mean over rows of -log softmax(row)[i], the "
@@ -149,11 +144,13 @@ symmetric_loss = Exercise(
     "diagonal, minus the mean. Text to image: the same over dim=0. The loss is their average. "
     "(F.cross_entropy(logits, labels) with labels = torch.arange(B) does one direction.)",
     solution_code="""
+    import torch
+    import torch.nn.functional as F
+
+
     def symmetric_loss(logits):
-        labels = torch.arange(logits.shape[0])                 # the positive of row i is column i
-        image_to_text = F.cross_entropy(logits, labels)        # softmax over each row
-        text_to_image = F.cross_entropy(logits.t(), labels)    # softmax over each column
-        return (image_to_text + text_to_image) / 2
+        labels = torch.arange(logits.shape[0])
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     """,
     reference=lambda: lambda logits: torch.tensor(_symmetric(logits)),
     mistakes=[
@@ -212,11 +209,14 @@ loss_gradient = Exercise(
     hint_text="The loss is -log softmax(z)[positive] with z = similarities_row / tau. Its derivative in z is "
     "softmax(z) minus the one-hot target; then the chain rule through z = s / tau.",
     solution_code="""
+    import torch
+
+
     def loss_gradient(similarities_row, positive, tau):
-        p = (similarities_row / tau).softmax(dim=0)           # (M,) probabilities
+        p = (similarities_row / tau).softmax(dim=0)  # (M,)
         y = torch.zeros_like(p)
-        y[positive] = 1.0                                      # the one-hot target
-        return (p - y) / tau                                   # (M,) chain rule: z = s / tau
+        y[positive] = 1.0  # the one-hot target
+        return (p - y) / tau  # chain rule through z = s / tau
     """,
     reference=lambda: lambda s, positive, tau: (
         (s / tau).softmax(0) - F.one_hot(torch.tensor(positive), len(s)).float()

@@ -8,12 +8,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, as_number, compare_tensors
+from clipedu.exercises import Exercise, as_number, close, compare_tensors
 from clipedu.recipe import make_scheduler
-
-
-def _close(a: float, b: float, rel: float = 1e-4) -> bool:
-    return abs(a - b) <= rel * max(abs(b), 1e-12) + 1e-12
 
 
 # --- 1. warm-up and cosine decay -----------------------------------------------------------------------
@@ -44,24 +40,24 @@ def _check_learning_rate(learning_rate) -> str | None:
             value = as_number(raw)
             if value is None:
                 return f"{call} should return one number (a float), got {type(raw).__name__}."
-            if _close(value, want):
+            if close(value, want, atol=1e-12):
                 continue
             where = "during the warm-up" if step < warmup else "after the warm-up"
             advice = ""
             after = (step - warmup) / max(1, total - warmup)  # the cosine's phase after the warm-up
-            if step == 0 and _close(value, 0.0):
+            if step == 0 and close(value, 0.0, atol=1e-12):
                 advice = (" The warm-up starts at base_lr / warmup_steps, not at 0: a step with learning rate 0 "
                           "would be wasted.")
-            elif step < warmup and _close(value, base * 0.5 * (1 + math.cos(math.pi * step / total))):
+            elif step < warmup and close(value, base * 0.5 * (1 + math.cos(math.pi * step / total)), atol=1e-12):
                 advice = " There is no warm-up in your schedule: for warmup_steps steps it should rise linearly."
-            elif step < warmup and _close(value, base * step / warmup):
+            elif step < warmup and close(value, base * step / warmup, atol=1e-12):
                 advice = " The warm-up starts at base_lr / warmup_steps at step 0, not at 0, and rises by equal steps."
-            elif step >= warmup and _close(value, base * 0.5 * (1 + math.cos(math.pi * step / total))):
+            elif step >= warmup and close(value, base * 0.5 * (1 + math.cos(math.pi * step / total)), atol=1e-12):
                 advice = (" The cosine runs over the steps *after* the warm-up: its phase is "
                           "(step - warmup_steps) / (total_steps - warmup_steps).")
-            elif step >= warmup and _close(value, base * math.cos(0.5 * math.pi * after)):
+            elif step >= warmup and close(value, base * math.cos(0.5 * math.pi * after), atol=1e-12):
                 advice = " Use the half-cosine 0.5 * (1 + cos(pi * phase)), which is flat at both ends."
-            elif step >= warmup and _close(value, base * 0.5 * (1 - math.cos(math.pi * after))):
+            elif step >= warmup and close(value, base * 0.5 * (1 - math.cos(math.pi * after)), atol=1e-12):
                 advice = " Your cosine rises; it should fall from base_lr after the warm-up to 0 at total_steps."
             return f"{call} gave {value:.6g}, expected {want:.6g} ({where}).{advice}"
     return None
@@ -85,11 +81,14 @@ learning_rate = Exercise(
     "(step 0) to base_lr (step warmup_steps). After that, phase = (step - warmup_steps) / (total_steps - "
     "warmup_steps) goes from 0 to 1 and the rate is base_lr * 0.5 * (1 + cos(pi * phase)).",
     solution_code="""
+    import math
+
+
     def learning_rate(step, base_lr, warmup_steps, total_steps):
-        if step < warmup_steps:  # linear: base_lr / warmup_steps at step 0, base_lr at step warmup_steps
+        if step < warmup_steps:
             return base_lr * (1 / warmup_steps + (1 - 1 / warmup_steps) * step / warmup_steps)
         phase = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 -> 1 after the warm-up
-        return base_lr * 0.5 * (1 + math.cos(math.pi * phase))  # base_lr -> 0
+        return base_lr * 0.5 * (1 + math.cos(math.pi * phase))
     """,
     reference=_reference_learning_rate,
     mistakes=[
@@ -162,10 +161,13 @@ clip_gradients = Exercise(
     "If total > max_norm, multiply every tensor by max_norm / total (the same factor for all); otherwise "
     "leave them alone. torch.nn.utils.clip_grad_norm_ adds 1e-6 to total to avoid dividing by zero.",
     solution_code="""
+    import torch
+
+
     def clip_gradients(grads, max_norm):
-        total = torch.sqrt(sum((g ** 2).sum() for g in grads))   # one norm over every parameter
-        factor = min(1.0, max_norm / (float(total) + 1e-6))       # only ever scale down
-        return [g * factor for g in grads]                        # same factor: the direction is kept
+        total = torch.sqrt(sum((g**2).sum() for g in grads))  # the norm of all gradients as one vector
+        factor = min(1.0, max_norm / (float(total) + 1e-6))  # only ever scale down
+        return [g * factor for g in grads]  # one factor for all: the direction is kept
     """,
     reference=lambda: _clip_reference,
     mistakes=[
@@ -208,7 +210,7 @@ def _check_mean_cosine(mean_off_diagonal_cosine) -> str | None:
             shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
             return f"{call} should return one number, got {shape}: average the B x B cosines off the diagonal."
         expected = _mean_cosine_reference(embeds)
-        if _close(value, expected, 1e-4) or abs(value - expected) < 1e-5:
+        if close(value, expected, 1e-4, atol=1e-12) or abs(value - expected) < 1e-5:
             continue
         sims = embeds @ embeds.t()
         if abs(value - sims.mean().item()) < 1e-5:
@@ -231,8 +233,8 @@ mean_off_diagonal_cosine = Exercise(
     solution_code="""
     def mean_off_diagonal_cosine(embeds):
         b = embeds.shape[0]
-        sims = embeds @ embeds.t()                                  # (B, B) cosines
-        return (sims.sum() - sims.diagonal().sum()) / (b * (b - 1))  # every pair i != j
+        sims = embeds @ embeds.t()  # (B, B) cosines: rows are unit vectors
+        return (sims.sum() - sims.diagonal().sum()) / (b * (b - 1))
     """,
     reference=lambda: lambda e: _mean_cosine_reference(e),
     mistakes=[

@@ -59,9 +59,11 @@ ensemble_classifier = Exercise(
     hint_text="prompt_embeds[c, t] is the unit embedding of class c written with template t. Average over the "
     "templates (dim=1), then divide each class vector by its length (F.normalize(..., dim=-1)).",
     solution_code="""
+    import torch.nn.functional as F
+
+
     def ensemble_classifier(prompt_embeds):
-        mean = prompt_embeds.mean(dim=1)        # (K, E): average over the T templates
-        return F.normalize(mean, dim=-1)        # back to unit length, like the image embeddings
+        return F.normalize(prompt_embeds.mean(dim=1), dim=-1)  # (K, E)
     """,
     reference=lambda: _ensemble_reference,
     mistakes=[
@@ -127,10 +129,13 @@ recall_at_k = Exercise(
     "similarities.topk(k, dim=1).indices gives each row's k best columns; count the rows where i is among "
     "them and divide by N.",
     solution_code="""
+    import torch
+
+
     def recall_at_k(similarities, k):
-        top = similarities.topk(k, dim=1).indices               # (N, k) the best captions of each image
-        own = torch.arange(similarities.shape[0])[:, None]      # (N, 1) image i's caption is text i
-        return (top == own).any(dim=1).float().mean().item()    # a hit when it is among them
+        top = similarities.topk(k, dim=1).indices  # (N, k) the best captions of each image
+        own = torch.arange(similarities.shape[0])[:, None]  # (N, 1)
+        return (top == own).any(dim=1).float().mean().item()
     """,
     reference=lambda: _recall_reference,
     mistakes=[
@@ -217,14 +222,15 @@ negclip_loss = Exercise(
     "right answer of row i is still column i. Text -> image is unchanged: only the B true captions have an "
     "image. Average the two cross-entropies.",
     solution_code="""
+    import torch
+    import torch.nn.functional as F
+
+
     def negclip_loss(image_embeds, text_embeds, negative_embeds, scale):
         b = image_embeds.shape[0]
         labels = torch.arange(b)
-        columns = torch.cat([text_embeds, negative_embeds])        # (2B, E): true captions first
-        logits = scale * image_embeds @ columns.t()                # (B, 2B)
-        image_to_text = F.cross_entropy(logits, labels)             # B + B candidates per image
-        text_to_image = F.cross_entropy(logits[:, :b].t(), labels)  # swapped captions have no image
-        return (image_to_text + text_to_image) / 2
+        logits = scale * image_embeds @ torch.cat([text_embeds, negative_embeds]).t()  # (B, 2B)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :b].t(), labels)) / 2
     """,
     reference=lambda: _negclip_reference,
     mistakes=[

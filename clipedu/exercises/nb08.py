@@ -57,12 +57,12 @@ cls_map = Exercise(
     checker=_check_cls_map,
     hint_text="attentions[layer] is (B, H, T, T); take head `head`, row 0 (the CLS token as the query), "
     "columns 1: (the patches), and reshape the N values into a g x g grid with g = sqrt(N).",
-    solution_code='''
+    solution_code="""
     def cls_map(attentions, layer, head):
         row = attentions[layer][:, head, 0, 1:]  # (B, N)
         g = int(row.shape[-1] ** 0.5)
         return row.reshape(-1, g, g)  # (B, g, g)
-    ''',
+    """,
     reference=lambda: _ref_cls_map,
     mistakes=[
         (lambda: lambda a, layer, head: a[layer][:, head, 0, :], "leave out"),
@@ -155,17 +155,20 @@ rollout = Exercise(
     checker=_check_rollout,
     hint_text="Start from R = I (T x T). For each layer: A = mean over heads; A = (A + I) / row sums; "
     "R = A @ R. The result is (B, T, T) and each of its rows sums to 1.",
-    solution_code='''
+    solution_code="""
+    import torch
+
+
     def my_rollout(attentions):
         a = attentions.mean(dim=2)  # (L, B, T, T)
         eye = torch.eye(a.shape[-1])
-        rollout = eye.expand_as(a[0])
+        rollout = eye.expand_as(a[0])  # (B, T, T)
         for layer in a:
             mixed = layer + eye
             mixed = mixed / mixed.sum(dim=-1, keepdim=True)
             rollout = mixed @ rollout
         return rollout
-    ''',
+    """,
     reference=lambda: _ref_rollout,
     mistakes=[
         (_wrong_rollout("no residual"), "residual"),
@@ -260,15 +263,18 @@ relevancy_rule = Exercise(
     checker=_check_relevancy,
     hint_text="R starts as the identity (B, T, T). For each layer: A_bar = (grad * A).clamp(min=0).mean(dim=1), "
     "then R = R + A_bar @ R.",
-    solution_code='''
+    solution_code="""
+    import torch
+
+
     def my_relevancy(attentions, gradients):
         eye = torch.eye(attentions.shape[-1])
         relevance = eye.expand_as(attentions[0][:, 0])  # (B, T, T)
         for a, g in zip(attentions, gradients):
-            a_bar = (g * a).clamp(min=0).mean(dim=1)
+            a_bar = (g * a).clamp(min=0).mean(dim=1)  # (B, T, T)
             relevance = relevance + a_bar @ relevance
         return relevance
-    ''',
+    """,
     reference=lambda: _ref_relevancy,
     mistakes=[
         (_wrong_relevancy("relu after the mean"), "Clamp each head"),

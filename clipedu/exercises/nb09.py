@@ -46,10 +46,10 @@ gap = Exercise(
     task="The gap vector: the centroid of the image embeddings minus the centroid of the text embeddings.",
     checker=_check_gap,
     hint_text="image_embeds.mean(dim=0) is the image centroid (E,); subtract the text centroid.",
-    solution_code='''
+    solution_code="""
     def my_gap(image_embeds, text_embeds):
         return image_embeds.mean(dim=0) - text_embeds.mean(dim=0)  # (E,)
-    ''',
+    """,
     reference=lambda: lambda image, text: image.mean(0) - text.mean(0),
     mistakes=[
         (lambda: lambda image, text: text.mean(0) - image.mean(0), "sign is reversed"),
@@ -114,11 +114,14 @@ shift = Exercise(
     task="Shift both modalities towards each other along the gap, each by half of fraction * gap, and renormalise.",
     checker=_check_shift,
     hint_text="images - fraction * gap / 2 and texts + fraction * gap / 2, each through F.normalize(..., dim=-1).",
-    solution_code='''
+    solution_code="""
+    import torch.nn.functional as F
+
+
     def my_shift(image_embeds, text_embeds, fraction, gap):
         half = 0.5 * fraction * gap  # (E,)
         return F.normalize(image_embeds - half, dim=-1), F.normalize(text_embeds + half, dim=-1)
-    ''',
+    """,
     reference=lambda: _ref_shift,
     mistakes=[
         (lambda: lambda i, t, f, g: _shift_variants(i, t, f, g)["not renormalised"], "renormalise"),
@@ -175,12 +178,15 @@ uniformity = Exercise(
     checker=_check_uniformity,
     hint_text="torch.cdist(x, x) ** 2 gives the squared distances (N, N); leave out the diagonal with a mask "
     "~torch.eye(N, dtype=torch.bool); then log(mean(exp(-2 * d2))).",
-    solution_code='''
+    solution_code="""
+    import torch
+
+
     def my_uniformity(x, t=2.0):
         sq = torch.cdist(x, x) ** 2  # (N, N)
         off = ~torch.eye(len(x), dtype=torch.bool)
         return torch.log(torch.exp(-t * sq[off]).mean()).item()
-    ''',
+    """,
     reference=lambda: _ref_uniformity,
     mistakes=[
         (lambda: lambda x: torch.log(torch.exp(-2 * torch.cdist(x, x) ** 2).mean()).item(), "i != j"),

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import torch
 
-from clipedu.exercises import Exercise, as_number
+from clipedu.exercises import Exercise, as_number, close
+
+_TOL = {"rel": 1e-3, "atol": 1e-3}  # standardised features agree to 1e-3
 
 
 # --- 1. standardising with the training set's statistics ----------------------------------------------
@@ -28,14 +30,6 @@ def _standardise_reference(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple
     return (train_x - mean) / std, (test_x - mean) / std
 
 
-def _close(got, expected: torch.Tensor, atol: float = 1e-3) -> bool:
-    return (
-        isinstance(got, torch.Tensor)
-        and got.shape == expected.shape
-        and bool(torch.allclose(got.double(), expected.double(), atol=atol, rtol=1e-3))
-    )
-
-
 def _check_standardise(standardise) -> str | None:
     for train, test in _feature_cases():
         (n, d), m = train.shape, test.shape[0]
@@ -51,42 +45,42 @@ def _check_standardise(standardise) -> str | None:
                 return f"{call}: {name} should keep the shape ({rows}, {d}), got {tuple(value.shape)}."
         want_train, want_test = _standardise_reference(train, test)
         unbiased = train.std(dim=0) + 1e-6
-        if _close(got_train, (train - train.mean(0)) / unbiased) and _close(
+        if close(got_train, (train - train.mean(0)) / unbiased, **_TOL) and close(
             got_test, (test - train.mean(0)) / unbiased
-        ):
+        , **_TOL):
             continue  # the n - 1 version of the std is fine too
         per_row = [(x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True) for x in (train, test)]
-        if _close(got_train, per_row[0]) or _close(
+        if close(got_train, per_row[0], **_TOL) or close(
             got_train, (train - train.mean(1, keepdim=True)) / train.std(1, unbiased=False, keepdim=True)
-        ):
+        , **_TOL):
             return (
                 f"{call}: you standardised each image's row (dim=1); standardise each feature, a column, "
                 "over the training images: mean and std over dim=0."
             )
         both = torch.cat([train, test])
         pooled = [(x - both.mean(0)) / both.std(0, unbiased=False) for x in (train, test)]
-        if _close(got_test, pooled[1]) or _close(got_test, (test - both.mean(0)) / both.std(0)):
+        if close(got_test, pooled[1], **_TOL) or close(got_test, (test - both.mean(0)) / both.std(0), **_TOL):
             return (
                 f"{call}: you computed the mean and std over train and test together, so the test images "
                 "leak into the preprocessing; use the training images' statistics only."
             )
         own = (test - test.mean(0)) / test.std(0, unbiased=False)
-        if _close(got_test, own) or _close(got_test, (test - test.mean(0)) / test.std(0)):
+        if close(got_test, own, **_TOL) or close(got_test, (test - test.mean(0)) / test.std(0), **_TOL):
             return (
                 f"{call}: you standardised the test features with their own mean and std; a probe must treat "
                 "the test images as unseen, so shift and scale them with the *training* mean and std."
             )
-        if _close(got_train, train - train.mean(0)):
+        if close(got_train, train - train.mean(0), **_TOL):
             return f"{call}: you subtracted the mean but did not divide by the standard deviation."
-        if _close(got_train, (train - train.mean(0)) / train.var(0, unbiased=False)):
+        if close(got_train, (train - train.mean(0)) / train.var(0, unbiased=False), **_TOL):
             return f"{call}: you divided by the variance; divide by the standard deviation (its square root)."
-        if not _close(got_train, want_train):
+        if not close(got_train, want_train, **_TOL):
             return (
                 f"{call}: train_z is not standardised: its columns should have mean 0 and std 1, got means up "
                 f"to {got_train.double().mean(0).abs().max().item():.3g} and stds "
                 f"{got_train.double().std(0).min().item():.3g} to {got_train.double().std(0).max().item():.3g}."
             )
-        if not _close(got_test, want_test):
+        if not close(got_test, want_test, **_TOL):
             return f"{call}: train_z is right but test_z is not: shift and scale it with the training mean and std."
     return None
 
@@ -99,8 +93,8 @@ standardise = Exercise(
     "then apply the same (x - mean) / std to train_x and to test_x. The test images never set a statistic.",
     solution_code="""
     def standardise(train_x, test_x):
-        mean = train_x.mean(dim=0)                        # (D,) from the training images only
-        std = train_x.std(dim=0, unbiased=False) + 1e-6   # (D,) the 1e-6 guards a constant feature
+        mean = train_x.mean(dim=0)  # (D,)
+        std = train_x.std(dim=0, unbiased=False) + 1e-6  # (D,)
         return (train_x - mean) / std, (test_x - mean) / std
     """,
     reference=lambda: _standardise_reference,
@@ -220,14 +214,17 @@ probe_test_accuracy = Exercise(
     "(val_x, val_y): (clf.predict(val_x) == val_y).mean(). Keep the classifier with the best validation "
     "accuracy, and only then score it on (test_x, test_y).",
     solution_code="""
+    from sklearn.linear_model import LogisticRegression
+
+
     def probe_test_accuracy(train_x, train_y, val_x, val_y, test_x, test_y, cs):
         best_val, best_clf = -1.0, None
         for c in cs:
             clf = LogisticRegression(C=c, max_iter=1000).fit(train_x, train_y)
-            val = (clf.predict(val_x) == val_y).mean()       # C is judged on validation only
-            if val > best_val:
-                best_val, best_clf = val, clf
-        return float((best_clf.predict(test_x) == test_y).mean())   # the test set, once
+            val_accuracy = (clf.predict(val_x) == val_y).mean()
+            if val_accuracy > best_val:
+                best_val, best_clf = val_accuracy, clf
+        return float((best_clf.predict(test_x) == test_y).mean())
     """,
     reference=lambda: _probe_reference,
     mistakes=[
@@ -323,15 +320,18 @@ shots_worth = Exercise(
     "2 ** (log2(k0) + t * (log2(k1) - log2(k0))). If the first point already reaches it, return that k; "
     "if none does, math.inf.",
     solution_code="""
+    import math
+
+
     def shots_worth(curve, zero_shot_accuracy):
         ks = sorted(curve)
         if curve[ks[0]] >= zero_shot_accuracy:
-            return float(ks[0])                                   # worth at most the first point
+            return float(ks[0])
         for k0, k1 in zip(ks, ks[1:]):
-            if curve[k1] >= zero_shot_accuracy:                   # the first crossing
+            if curve[k1] >= zero_shot_accuracy:
                 t = (zero_shot_accuracy - curve[k0]) / (curve[k1] - curve[k0])
                 return 2 ** (math.log2(k0) + t * (math.log2(k1) - math.log2(k0)))
-        return math.inf                                           # never reached
+        return math.inf
     """,
     reference=lambda: _worth_reference,
     mistakes=[

@@ -66,11 +66,14 @@ multimodal_causal = Exercise(
     "(i >= Q) are then right, because the queries come first. Only the query rows need fixing: "
     "they see every query column and no text column.",
     solution_code="""
+    import torch
+
+
     def my_mask(num_queries, text_length):
         n = num_queries + text_length
-        mask = torch.ones(n, n, dtype=torch.bool).tril()   # text rows: all queries + earlier text
-        mask[:num_queries, :num_queries] = True            # queries see every query...
-        mask[:num_queries, num_queries:] = False           # ...and no text
+        mask = torch.ones(n, n, dtype=torch.bool).tril()  # text rows: every query, then text up to itself
+        mask[:num_queries, :num_queries] = True  # query rows see every query...
+        mask[:num_queries, num_queries:] = False  # ...and none of the text
         return mask
     """,
     reference=lambda: multimodal_causal_mask,
@@ -141,9 +144,12 @@ itc_similarity = Exercise(
     "(B_i, B_t, Q). Then keep the largest over the last axis (.max(dim=-1).values). The inputs are unit "
     "vectors already, so dot products are cosines.",
     solution_code="""
+    import torch
+
+
     def my_similarity(image_feats, text_feats):
-        per_query = torch.einsum("iqe,te->itq", image_feats, text_feats)  # (B_i, B_t, Q) cosines
-        return per_query.max(dim=-1).values                               # (B_i, B_t) best query wins
+        per_query = torch.einsum("iqe,te->itq", image_feats, text_feats)  # (B_i, B_t, Q)
+        return per_query.max(dim=-1).values
     """,
     reference=lambda: query_text_similarity,
     mistakes=[
@@ -207,11 +213,14 @@ stage2_labels = Exercise(
     hint_text="Copy the tokens, set padding (tokens == pad_id) and column 0 (<sot>) to -100, then put a "
     "(B, prefix_length) block of -100 in front with torch.cat(..., dim=1).",
     solution_code="""
+    import torch
+
+
     def my_labels(tokens, prefix_length, pad_id):
-        labels = tokens.masked_fill(tokens == pad_id, -100)   # padding: nothing to predict
-        labels[:, 0] = -100                                    # <sot> is given, not predicted
-        prompt = torch.full((tokens.shape[0], prefix_length), -100)
-        return torch.cat([prompt, labels], dim=1)              # (B, P + L)
+        labels = tokens.masked_fill(tokens == pad_id, -100)  # padding: nothing to predict
+        labels[:, 0] = -100  # <sot> is given, never predicted
+        prompt = torch.full((tokens.shape[0], prefix_length), -100, dtype=tokens.dtype)
+        return torch.cat([prompt, labels], dim=1)
     """,
     reference=lambda: lambda tokens, prefix, pad: caption_labels(tokens, pad, prefix),
     mistakes=[

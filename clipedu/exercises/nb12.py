@@ -86,14 +86,14 @@ vision_config = Exercise(
     checker=_check_vision_config,
     hint_text="visual.conv1.weight is (width, 3, P, P); visual.positional_embedding has one row per patch "
     "plus one for CLS; block i's weights are named visual.transformer.resblocks.<i>.*",
-    solution_code='''
+    solution_code="""
     def read_vision_config(state_dict):
         conv = state_dict["visual.conv1.weight"]  # (D, 3, P, P)
         grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         blocks = {int(k.split(".")[3]) for k in state_dict if k.startswith("visual.transformer.resblocks.")}
-        return {"width": conv.shape[0], "patch_size": conv.shape[-1],
-                "image_size": grid * conv.shape[-1], "layers": max(blocks) + 1}
-    ''',
+        return {"width": conv.shape[0], "patch_size": conv.shape[-1], "image_size": grid * conv.shape[-1],
+                "layers": max(blocks) + 1}
+    """,
     reference=lambda: _ref_read_vision_config,
     mistakes=[
         (_mistake(lambda d, sd: d.update(layers=d["layers"] - 1)), "largest index + 1"),
@@ -158,12 +158,12 @@ center_crop = Exercise(
     checker=_check_center_crop,
     hint_text="top = int(round((H - size) / 2)), left = int(round((W - size) / 2)); then slice rows and "
     "columns. Flooring with // starts half a pixel too early when H - size is odd.",
-    solution_code='''
+    solution_code="""
     def my_center_crop(image, size):
         _, h, w = image.shape
         top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
         return image[:, top : top + size, left : left + size]
-    ''',
+    """,
     reference=lambda: _ref_center_crop,
     mistakes=[
         (lambda: lambda im, s: im[:, (im.shape[1] - s) // 2 : (im.shape[1] - s) // 2 + s,
@@ -210,10 +210,13 @@ prompt_ensemble = Exercise(
     checker=_check_ensemble,
     hint_text="Average over the templates (dim 1), then divide each class vector by its length "
     "(F.normalize(..., dim=-1)).",
-    solution_code='''
+    solution_code="""
+    import torch.nn.functional as F
+
+
     def ensemble(text_embeds):
         return F.normalize(text_embeds.mean(dim=1), dim=-1)  # (K, E)
-    ''',
+    """,
     reference=lambda: _ref_ensemble,
     mistakes=[
         (lambda: lambda t: t.mean(dim=1), "length 1"),

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, as_number
+from clipedu.exercises import Exercise, as_number, close
 from clipedu.losses import clip_loss
+
+_TOL = {"rel": 1e-5, "atol": 1e-5}  # losses are compared to 1e-5
 
 
 def _embeddings(b: int, e: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,10 +19,6 @@ def _embeddings(b: int, e: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch
     return img, txt
 
 
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-5 * max(1.0, abs(b))
 
 
 # --- 1. one process's share of the global loss ----------------------------------------------------------
@@ -46,7 +44,7 @@ def _check_local_loss(local_loss) -> str | None:
                 shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
                 return f"{call} should return one number (the mean over this process's {b} rows), got {shape}."
             expected = _local_loss(img, txt, scale, rank, world).item()
-            if _close(value, expected):
+            if close(value, expected, **_TOL):
                 shares.append(value)
                 continue
             rows = slice(rank * b, (rank + 1) * b)
@@ -68,12 +66,12 @@ def _check_local_loss(local_loss) -> str | None:
                  f"{rank * b}..{(rank + 1) * b - 1}"),
             ]
             for wrong, message in diagnoses:
-                if _close(value, float(wrong)):
+                if close(value, float(wrong), **_TOL):
                     return f"{call} gave {value:.5g}, expected {expected:.5g}: {message}."
             return (f"{call} gave {value:.5g}, expected {expected:.5g}: the mean over this process's rows of the "
                     "cross-entropy against all columns, both directions, labels offset by rank * b.")
         whole = clip_loss(img, txt, scale).item()
-        if not _close(sum(shares) / world, whole):  # cannot happen when every share is right
+        if not close(sum(shares) / world, whole, **_TOL):  # cannot happen when every share is right
             return f"the {world} shares average to {sum(shares) / world:.5g}, not the global loss {whole:.5g}."
     return None
 
@@ -86,12 +84,16 @@ local_loss = Exercise(
     "B texts give a (b, B) matrix of logits, its text rows against all B images another; the right answer "
     "of local row i is global column rank*b + i. Average the two cross-entropies.",
     solution_code="""
-    def local_loss(image_embeds, text_embeds, scale, rank, world):
+    import torch
+    import torch.nn.functional as F
+
+
+    def local_share_of(image_embeds, text_embeds, scale, rank, world):
         b = image_embeds.shape[0] // world
-        rows = slice(rank * b, (rank + 1) * b)                     # this process's pairs
-        labels = torch.arange(b) + rank * b                        # their positives in the global columns
-        logits_per_image = scale * image_embeds[rows] @ text_embeds.t()   # (b, B)
-        logits_per_text = scale * text_embeds[rows] @ image_embeds.t()    # (b, B)
+        rows = slice(rank * b, (rank + 1) * b)  # this device's pairs
+        labels = torch.arange(b) + rank * b  # their positives among the global columns
+        logits_per_image = scale * image_embeds[rows] @ text_embeds.t()  # (b, B)
+        logits_per_text = scale * text_embeds[rows] @ image_embeds.t()  # (b, B)
         return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     """,
     reference=lambda: _local_loss,
@@ -181,7 +183,7 @@ def _check_accumulate(accumulate) -> str | None:
         if all(g is None for g in got):
             return f"{call} left every .grad empty: call .backward() on the loss of each pass."
         value = as_number(result)
-        if value is not None and not _close(value, loss):
+        if value is not None and not close(value, loss, **_TOL):
             return (f"{call} returned the loss {value:.5g}, but the whole batch's loss is {loss:.5g}: every pass "
                     "computes the loss of the whole batch (cached features with one micro-batch fresh).")
         wrong = [n for n, g, e in zip(_NAMES, got, expected)
@@ -220,18 +222,23 @@ accumulate = Exercise(
     "(torch.cat of the pieces), take clip_loss of the whole batch and call backward. The scale "
     "log_scale.exp() appears in every pass: use log_scale.exp().detach() in all passes but one.",
     solution_code="""
+    import torch
+
+    from clipedu.losses import clip_loss
+
+
     def accumulate(encode_images, encode_texts, log_scale, images, texts, k):
         m = images.shape[0] // k
         parts = [slice(j * m, (j + 1) * m) for j in range(k)]
-        with torch.no_grad():                                # 1. features of every micro-batch, no graph
+        with torch.no_grad():  # features of every micro-batch, no graph
             cached_images = [encode_images(images[p]) for p in parts]
             cached_texts = [encode_texts(texts[p]) for p in parts]
-        for j, p in enumerate(parts):                        # 2. one micro-batch with a graph at a time
+        for j, p in enumerate(parts):  # one micro-batch with a graph at a time
             image_embeds = torch.cat(cached_images[:j] + [encode_images(images[p])] + cached_images[j + 1:])
             text_embeds = torch.cat(cached_texts[:j] + [encode_texts(texts[p])] + cached_texts[j + 1:])
-            scale = log_scale.exp() if j == k - 1 else log_scale.exp().detach()   # 3. counted once
+            scale = log_scale.exp() if j == k - 1 else log_scale.exp().detach()  # its gradient once
             loss = clip_loss(image_embeds, text_embeds, scale)
-            loss.backward()                                  # gradients add up in .grad
+            loss.backward()
         return loss
     """,
     reference=lambda: _reference_accumulate,
