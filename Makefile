@@ -31,7 +31,7 @@ test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chrom
 	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser -v
 
 student: venv  ## student versions (solutions replaced by stubs) in build/student/
-	$(PY) -m clipedu.course student
+	$(PY) tools/course.py student
 
 test-student: student  ## the student versions under nbval (stubbed exercise cells may raise); NB=00 01 for some
 	CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),build/student/$(n)_*.ipynb),build/student) $(NBVAL)
@@ -41,7 +41,11 @@ bench: venv  ## speed and quality tables (never part of the tests)
 	$(PY) benchmarks/bench_data.py
 
 lint: venv
-	$(VENV)/bin/ruff check clipedu tests benchmarks
+	$(VENV)/bin/ruff check clipedu tools tests benchmarks
+
+colab-links:  ## badges, install cells and README table from course.toml; REPO=owner/name [BRANCH=b] points them at a fork
+	$(PYTHON) tools/course.py $(if $(REPO),set-repo $(REPO) $(if $(BRANCH),--branch $(BRANCH)),sync)
+	$(PYTHON) tools/course.py check
 
 clean:
 	rm -rf build .pytest_cache

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from clipedu import course
+from tools import course
 
 
 def _notebook(name="01_demo.ipynb", repo=course.REPOSITORY):
@@ -87,12 +87,13 @@ def test_set_repo_rewrites_badges_install_cells_and_readme(tmp_path):
     (root / "notebooks").mkdir(parents=True)
     course.save(course.strip_notebook(_notebook()), root / "notebooks" / "01_demo.ipynb")
     (root / "README.md").write_text("intro\n<!-- notebooks:start -->\nold\n<!-- notebooks:end -->\nend\n")
-    module = tmp_path / "course_copy.py"
-    shutil.copy(course.__file__, module)
+    shutil.copy(course.ROOT / course.SETTINGS, root / course.SETTINGS)
 
-    course.set_repo("me/fork", "dev", root=root, module_file=module)
+    course.set_repo("me/fork", "dev", root=root)
 
-    assert 'REPOSITORY = "me/fork"' in module.read_text() and 'BRANCH = "dev"' in module.read_text()
+    assert course.read_settings(root) == ("me/fork", "dev")
+    assert "set-repo" in (root / course.SETTINGS).read_text()  # the file keeps its explanation
+    assert course.check_all(root) == {}  # every generated link now points at the fork
     nb = course.load(root / "notebooks" / "01_demo.ipynb")
     assert course.badge("01_demo.ipynb", "me/fork", "dev") in course.source(nb["cells"][0])
     assert course.source(course.code_cells(nb)[0]) == course.setup_cell_source("me/fork", "dev")
@@ -101,9 +102,28 @@ def test_set_repo_rewrites_badges_install_cells_and_readme(tmp_path):
     assert readme.startswith("intro\n") and readme.endswith("end\n")
 
 
-def test_set_repo_rejects_a_bad_name():
+def test_set_repo_rejects_a_bad_name_and_a_broken_settings_file(tmp_path):
     with pytest.raises(ValueError, match="expected OWNER/NAME"):
         course.set_repo("not a repo")
+    (tmp_path / course.SETTINGS).write_text('repository = "me/fork"\n')
+    with pytest.raises(ValueError, match='must set repository = "OWNER/NAME" and branch'):
+        course.set_repo("me/fork", root=tmp_path)
+
+
+def test_the_repository_name_is_written_in_one_place():
+    """course.toml holds it; the badges, install cells and README table are generated from it."""
+    repository, _ = course.read_settings()
+    root = course.ROOT
+    sources = [*root.glob("*.toml"), *root.glob("*.cfg"), root / "Makefile", root / ".ci" / "run",
+               *(p for folder in ("clipedu", "tools", "tests", "benchmarks") for p in (root / folder).rglob("*.py"))]
+    holders = [p.relative_to(root).as_posix() for p in sources if p.exists() and repository in p.read_text()]
+    assert holders == [course.SETTINGS], holders
+
+
+def test_solution_of_keeps_the_answer_and_drops_the_scaffolding():
+    cell = ("import torch\n\nfrom clipedu.exercises import nb01\n\n\ndef f(x):\n    # BEGIN SOLUTION do it\n"
+            "    return torch.zeros(x)\n    # END SOLUTION\n\n\nnb01.thing.check(f)  # a comment")
+    assert course.solution_of(cell) == "import torch\n\ndef f(x):\n    return torch.zeros(x)"
 
 
 def test_new_notebook_skeleton_keeps_every_convention():

@@ -1,11 +1,14 @@
 """Conventions every notebook keeps (the notebooks themselves run under nbval in `make test`)."""
 
+import difflib
+import importlib
 import re
+import textwrap
 
 import pytest
 
-from clipedu import course
 from clipedu.exercises import all_exercises
+from tools import course
 
 NOTEBOOKS = course.notebook_paths()
 
@@ -43,3 +46,21 @@ def test_every_exercise_is_used_by_its_notebook():
         if number in text:
             name = [k for k, v in vars(__import__(ex.checker.__module__, fromlist=["x"])).items() if v is ex][0]
             assert f"{module}.{name}." in text[number], f"{module}.{name} is never used in notebook {number}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_exercise_cell_holds_the_solution_its_checker_prints(path):
+    """A notebook's worked answer and the package's ``solution_code`` (what ``.solution()`` prints,
+    and what the student version falls back on) are the same code, so they cannot drift apart."""
+    for cell in course.code_cells(course.load(path)):
+        text = course.source(cell)
+        if course.BEGIN not in text:
+            continue
+        module, name, answer = re.search(r"\b(nb\d\d)\.(\w+)\.check\((\w+)\)", text).groups()
+        exercise = getattr(importlib.import_module(f"clipedu.exercises.{module}"), name)
+        kept = course.solution_of(textwrap.dedent(exercise.solution_code))
+        assert course.solution_of(text) == kept, (
+            f"{path.name}: the cell of {module}.{name} and its solution_code differ:\n"
+            + "\n".join(difflib.unified_diff(kept.split("\n"), course.solution_of(text).split("\n"), lineterm=""))
+        )
+        assert f"def {answer}(" in kept, f"{path.name}: {module}.{name}.check({answer}) checks another function"

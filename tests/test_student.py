@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from clipedu import course
+from tools import course
 
 NOTEBOOKS = course.notebook_paths()
 

@@ -1,14 +1,16 @@
-"""Course upkeep: Colab badges and install cells, clean notebooks, student versions.
+"""Course upkeep, run from a checkout: Colab badges and install cells, clean notebooks, student
+versions.
 
-    python -m clipedu.course set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
-    python -m clipedu.course sync       # rewrite every badge, setup cell and the README's notebook map
-    python -m clipedu.course strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
-    python -m clipedu.course student    # build/student/: each solution replaced by a stub
-    python -m clipedu.course check      # list convention problems (the tests run this too)
-    python -m clipedu.course new 13_scaling_out.ipynb "Scaling out"   # a skeleton to fill in
+    python tools/course.py set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
+    python tools/course.py sync       # rewrite every badge, setup cell and the README's notebook map
+    python tools/course.py strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
+    python tools/course.py student    # build/student/: each solution replaced by a stub
+    python tools/course.py check      # list convention problems (the tests run this too)
+    python tools/course.py new 13_scaling_out.ipynb "Scaling out"   # a skeleton to fill in
 
-The repository's owner/name lives in one place, ``REPOSITORY`` below; ``set-repo`` rewrites it and
-everything generated from it.
+The repository's owner/name and branch live in one place, ``course.toml`` at the root of the
+checkout; ``set-repo`` rewrites it and everything generated from it. This file needs only the
+standard library, so it runs before clipedu is installed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,23 @@ import re
 import sys
 from pathlib import Path
 
-REPOSITORY = "clipedu/clipedu"  # owner/name on GitHub; change with `python -m clipedu.course set-repo`
-BRANCH = "main"
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 NOTEBOOKS = ROOT / "notebooks"
+SETTINGS = "course.toml"
+_SETTING = re.compile(r'^(repository|branch) = "([^"]*)"$', re.M)
+
+
+def read_settings(root: Path = ROOT) -> tuple[str, str]:
+    """(repository, branch) from ``course.toml``: two ``key = "value"`` lines, read without a TOML
+    library so the tool runs on any Python clipedu supports."""
+    path = root / SETTINGS
+    found = dict(_SETTING.findall(path.read_text(encoding="utf-8"))) if path.exists() else {}
+    if set(found) != {"repository", "branch"}:
+        raise ValueError(f'{path} must set repository = "OWNER/NAME" and branch = "BRANCH"; found {found}')
+    return found["repository"], found["branch"]
+
+
+REPOSITORY, BRANCH = read_settings()
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 NAME_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
@@ -138,15 +152,17 @@ def sync(repository: str = REPOSITORY, branch: str = BRANCH, root: Path = ROOT) 
         readme.write_text(text, encoding="utf-8")
 
 
-def set_repo(repository: str, branch: str = BRANCH, root: Path = ROOT, module_file: Path | None = None) -> None:
-    """Point the course at another GitHub repository: rewrite ``REPOSITORY`` here, then sync."""
+def set_repo(repository: str, branch: str = BRANCH, root: Path = ROOT) -> None:
+    """Point the course at another GitHub repository: rewrite ``course.toml``, then sync."""
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+", repository):
         raise ValueError(f"expected OWNER/NAME, got {repository!r}")
-    this = Path(module_file or __file__)
-    text = this.read_text(encoding="utf-8")
-    text = re.sub(r'^REPOSITORY = "[^"]*"', f'REPOSITORY = "{repository}"', text, count=1, flags=re.M)
-    text = re.sub(r'^BRANCH = "[^"]*"', f'BRANCH = "{branch}"', text, count=1, flags=re.M)
-    this.write_text(text, encoding="utf-8")
+    if not re.fullmatch(r"[A-Za-z0-9_./\-]+", branch):
+        raise ValueError(f"expected a branch name, got {branch!r}")
+    path = root / SETTINGS
+    read_settings(root)  # a file that does not hold both settings is refused, not half rewritten
+    values = {"repository": repository, "branch": branch}
+    text = _SETTING.sub(lambda m: f'{m.group(1)} = "{values[m.group(1)]}"', path.read_text(encoding="utf-8"))
+    path.write_text(text, encoding="utf-8")
     sync(repository, branch, root)
 
 
@@ -252,6 +268,17 @@ def student_notebook(nb: dict) -> dict:
     return nb
 
 
+def solution_of(text: str) -> str:
+    """An exercise cell's worked answer as the package keeps it (``Exercise.solution_code``): the
+    cell without its ``from clipedu.exercises import`` line, its checker call and the solution
+    markers, runs of blank lines made one."""
+    kept = [line.rstrip() for line in text.split("\n")
+            if not line.strip().startswith((BEGIN, END))
+            and not re.match(r"\s*from clipedu\.exercises import nb\d\d\s*$", line)
+            and not re.match(r"\s*nb\d\d\.\w+\.check\(", line)]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+
+
 def build_student(out_dir: Path = ROOT / "build" / "student") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -282,7 +309,7 @@ def check_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: st
             problems.append(f"title cell does not mention {needed!r}")
     code = code_cells(nb)
     if not code or source(code[0]) != setup_cell_source(repository, branch):
-        problems.append("first code cell is not the generated setup cell (run `python -m clipedu.course sync`)")
+        problems.append("first code cell is not the generated setup cell (run `python tools/course.py sync`)")
     for i, cell in enumerate(code):
         if cell.get("outputs") and CHECK_MARK not in source(cell):
             problems.append(f"code cell {i} keeps outputs without {CHECK_MARK}")
@@ -299,18 +326,19 @@ def check_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: st
 
 def check_all(root: Path = ROOT) -> dict[str, list[str]]:
     readme = (root / "README.md").read_text(encoding="utf-8")
+    repository, branch = read_settings(root)
     found = {}
     for p in notebook_paths(root / "notebooks"):
-        problems = check_notebook(load(p), p.name)
+        problems = check_notebook(load(p), p.name, repository, branch)
         if f"notebooks/{p.name}" not in readme:
-            problems.append("not listed in README.md (run `python -m clipedu.course sync`)")
+            problems.append("not listed in README.md (run `python tools/course.py sync`)")
         if problems:
             found[p.name] = problems
     return found
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clipedu.course", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/course.py", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("set-repo", help="point every badge and install cell at OWNER/NAME")
     s.add_argument("repository")
