@@ -1,6 +1,14 @@
-"""pyproject.toml and environment.yml must list the same packages with the same floors."""
+"""Packaging: pyproject.toml and environment.yml list the same packages with the same floors, and
+the wheel holds a package that works without the checkout."""
 
+import functools
+import os
 import re
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
 from pathlib import Path
 
 import tomllib
@@ -39,3 +47,43 @@ def test_floors_stay_low_for_colab():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci/run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_the_wheel_installs_and_every_module_imports(tmp_path):
+    """Build the wheel from a copy of the package, install it into a fresh environment that sees
+    only the dependencies (not this checkout), and import every module from there."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "clipedu", source / "clipedu", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, timeout=600)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(tmp_path / "dist"), str(source)])
+    wheel = next((tmp_path / "dist").glob("clipedu-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"clipedu", wheel.name.split("-py")[0] + ".dist-info"}, tops  # no tools, tests or notebooks
+
+    env = tmp_path / "env"
+    venv.create(env, with_pip=False)
+    python = env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", site, str(wheel)])
+    # The dependencies (torch, ...) come from this interpreter's site-packages; clipedu from the wheel.
+    deps = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
+    (Path(site) / "_dependencies.pth").write_text("\n".join(deps) + "\n")
+    check = f"""
+import importlib, pkgutil, sys
+import clipedu
+assert clipedu.__file__.startswith({site!r}), clipedu.__file__
+names = [m.name for m in pkgutil.walk_packages(clipedu.__path__, "clipedu.") if m.name != "clipedu.__main__"]
+for name in names:
+    assert importlib.import_module(name).__file__.startswith({site!r}), name
+from clipedu import runtime
+assert runtime.repo_root() is None  # an installed copy keeps its data and runs in the user's cache
+print(len(names))
+"""
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    out = run([str(python), "-c", check], cwd=tmp_path, env=environ)
+    assert int(out.stdout.split()[-1]) > 40  # every module of the package
+    usage = run([str(python), "-m", "clipedu", "--help"], cwd=tmp_path, env=environ)
+    assert "train" in usage.stdout and "probe" in usage.stdout
