@@ -1,5 +1,7 @@
-"""What the notebooks draw: pure functions that compute it, and the plots and widgets built on them.
+"""What the notebooks draw: plots and widgets, and nothing else.
 
-Each widget is a thin wrapper: the sliders call a pure function (tested directly) and draw its
-result. Modules: ``training`` (loss and temperature curves), and one module per notebook topic.
+The numbers come from the module of the idea they show (``viz.interpret`` draws what
+:mod:`clipedu.interpret` computes, ``viz.geometry`` what :mod:`clipedu.geometry` computes, ...);
+``viz.images`` puts any image on screen. A widget is a thin wrapper: its sliders call a pure
+function (tested directly) and draw the result. Only the notebooks and the command line import viz.
 """
