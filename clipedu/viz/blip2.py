@@ -7,7 +7,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import torch
 
-from clipedu.viz.images import draw_image
+from clipedu.viz.images import draw_image, image_grid
 
 
 def mask_labels(num_queries: int, text_words: list[str]) -> list[str]:
@@ -56,13 +56,8 @@ def show_captions(images: torch.Tensor, generated: list[str], truth: list[str], 
                   marks: list[bool] | None = None):
     """A grid of uint8 images (N, C, H, W), each titled with its generated caption (and a tick or
     cross when ``marks`` says it named shape and colour right) above the true caption."""
-    n = len(images)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
+    fig, axes = image_grid(len(images), cols, 3.3, 2.9)
+    for i, ax in enumerate(axes):
         draw_image(ax, images[i])
         mark = "" if marks is None else ("✓ " if marks[i] else "✗ ")
         ax.set_title(f"{mark}{_wrap(generated[i])}\ntrue: {_wrap(truth[i])}", fontsize=7.5)

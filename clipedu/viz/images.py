@@ -51,18 +51,24 @@ def draw_image(ax, image, title: str = "", title_width: int = 26, fontsize: floa
         ax.set_title(textwrap.fill(title, title_width), fontsize=fontsize)
 
 
+def image_grid(count: int, cols: int, cell_width: float, cell_height: float):
+    """A figure of ``count`` cells in rows of ``cols``, every axis off: (figure, the ``count`` axes
+    in reading order)."""
+    cols = max(1, min(cols, count))
+    rows = max(1, -(-count // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_width * cols, cell_height * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)[:count]
+
+
 def gallery(images: torch.Tensor, titles: Sequence[str] | None = None, cols: int = 8, width: float = 1.6):
     """Draw uint8 images (B, C, H, W) in a grid with wrapped titles; returns the figure."""
     check_uint8_images(images)
     images = images.detach().cpu()
-    count = len(images)
-    cols = max(1, min(cols, count))
-    rows = max(1, -(-count // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows * 1.25), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < count:
-            draw_image(ax, images[k], titles[k] if titles is not None else "", title_width=22, fontsize=7)
+    fig, axes = image_grid(len(images), cols, width, width * 1.25)
+    for k, ax in enumerate(axes):
+        draw_image(ax, images[k], titles[k] if titles is not None else "", title_width=22, fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -28,7 +28,7 @@ import torch
 
 from clipedu.data import check_uint8_images
 from clipedu.evaluate import retrieval_recall
-from clipedu.viz.images import draw_image
+from clipedu.viz.images import draw_image, image_grid
 
 OWN, RELEVANT, WRONG = "own", "relevant", "wrong"
 _COLOURS = {OWN: "#2a9d4b", RELEVANT: "#3b6ea5", WRONG: "#c0392b"}
@@ -264,13 +264,8 @@ def plot_swapped_examples(
     for name, m in margins.items():
         if len(m) != n:
             raise ValueError(f"margins[{name!r}] has {len(m)} values for {n} images")
-    cols = max(1, min(cols, n))
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
+    fig, axes = image_grid(n, cols, 3.3, 3.3)
+    for k, ax in enumerate(axes):
         draw_image(ax, images[k])
         ax.set_title(f"true: {textwrap.fill(captions[k], 34)}\nswapped: {textwrap.fill(swapped[k], 34)}",
                      fontsize=7, loc="left")
