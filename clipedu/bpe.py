@@ -49,6 +49,7 @@ import regex
 import torch
 
 from clipedu.runtime import cache_dir
+from clipedu.tokenizer import encode_batch
 
 try:
     import ftfy
@@ -222,24 +223,7 @@ class BPETokenizer:
         A text that does not fit is an error unless ``truncate=True``, which cuts it and keeps
         ``<|endoftext|>`` as the last token (the text encoder reads its output there).
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        context_length = context_length or self.context_length
-        if context_length < 2:
-            raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
-        out = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)  # (B, L)
-        for row, text in enumerate(texts):
-            ids = self.encode(text)
-            if len(ids) > context_length:
-                if not truncate:
-                    raise ValueError(
-                        f"text {row} has {len(ids)} tokens with <sot> and <eot>, more than the "
-                        f"context length {context_length}: {text[:80]!r}. Shorten it or pass "
-                        "truncate=True"
-                    )
-                ids = ids[: context_length - 1] + [self.eot_id]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+        return encode_batch(self, texts, context_length or self.context_length, truncate)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text from ids: drops ``<|startoftext|>``, stops at ``<|endoftext|>``.

@@ -26,6 +26,28 @@ _NO_SPACE_BEFORE = {",", ".", ":", ";", "!", "?", "-", ")"}
 _NO_SPACE_AFTER = {"-", "("}
 
 
+def encode_batch(tokenizer, texts: str | Sequence[str], context_length: int, truncate: bool = False) -> torch.Tensor:
+    """``tokenizer.encode`` of each text, one row each of a (B, context_length) LongTensor padded
+    with ``tokenizer.pad_id``; both tokenizers' ``__call__``. A text longer than the context is
+    an error unless ``truncate``, which cuts it and keeps the end-of-text id as its last token."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if context_length < 2:
+        raise ValueError(f"context_length must be at least 2 (<sot> and <eot>), got {context_length}")
+    out = torch.full((len(texts), context_length), tokenizer.pad_id, dtype=torch.long)  # (B, L)
+    for row, text in enumerate(texts):
+        ids = tokenizer.encode(text)
+        if len(ids) > context_length:
+            if not truncate:
+                raise ValueError(
+                    f"text {row} has {len(ids)} tokens with <sot> and <eot>, more than the "
+                    f"context length {context_length}: {text[:80]!r}. Shorten it or pass truncate=True"
+                )
+            ids = ids[: context_length - 1] + [tokenizer.eot_id]
+        out[row, : len(ids)] = torch.tensor(ids)
+    return out
+
+
 def split_words(text: str) -> list[str]:
     """Lower-case and split into words, numbers and single punctuation marks.
 
@@ -87,22 +109,7 @@ class WordTokenizer:
         A text that does not fit is an error unless ``truncate=True``, which cuts it and keeps the
         ``<eot>`` as the last token.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        context_length = context_length or self.context_length
-        rows = []
-        for row, text in enumerate(texts):
-            ids = self.encode(text)
-            if len(ids) > context_length:
-                if not truncate:
-                    raise ValueError(
-                        f"text {row} has {len(ids)} tokens with <sot> and <eot>, more than the "
-                        f"context length {context_length}: {text[:80]!r}. Shorten it or pass "
-                        "truncate=True"
-                    )
-                ids = ids[: context_length - 1] + [self.eot_id]
-            rows.append(ids + [self.pad_id] * (context_length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long).view(len(rows), context_length)
+        return encode_batch(self, texts, context_length or self.context_length, truncate)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text from ids: stops at ``<eot>``, drops ``<sot>`` and padding."""

@@ -22,16 +22,17 @@ def _prompt_cases() -> list[torch.Tensor]:
     return cases
 
 
-def _ensemble_reference(prompt_embeds: torch.Tensor) -> torch.Tensor:
+def ensemble_reference(prompt_embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(prompt_embeds.mean(dim=1), dim=-1)
 
 
-def _check_ensemble(ensemble_classifier) -> str | None:
+def check_prompt_ensemble(ensemble_classifier, name: str = "ensemble_classifier") -> str | None:
+    """The checker of a prompt ensemble (K, T, E) -> (K, E); notebook 12 asks for it again."""
     for prompts in _prompt_cases():
         k, t, e = prompts.shape
-        call = f"ensemble_classifier(prompt_embeds) with K={k} classes, T={t} templates, E={e}"
+        call = f"{name}(prompt_embeds) with K={k} classes, T={t} templates, E={e}"
         got = ensemble_classifier(prompts.clone())
-        expected = _ensemble_reference(prompts)
+        expected = ensemble_reference(prompts)
         if not isinstance(got, torch.Tensor):
             return f"{call} should return a tensor of shape ({k}, {e}), got {type(got).__name__}."
         if tuple(got.shape) == (t, e) and t != k:
@@ -55,7 +56,7 @@ def _check_ensemble(ensemble_classifier) -> str | None:
 ensemble_classifier = Exercise(
     name="ensemble_classifier",
     task="ensemble_classifier(prompt_embeds (K, T, E)) -> (K, E) unit vectors: the mean over templates, renormalised",
-    checker=_check_ensemble,
+    checker=check_prompt_ensemble,
     hint_text="prompt_embeds[c, t] is the unit embedding of class c written with template t. Average over the "
     "templates (dim=1), then divide each class vector by its length (F.normalize(..., dim=-1)).",
     solution_code="""
@@ -65,7 +66,7 @@ ensemble_classifier = Exercise(
     def ensemble_classifier(prompt_embeds):
         return F.normalize(prompt_embeds.mean(dim=1), dim=-1)  # (K, E)
     """,
-    reference=lambda: _ensemble_reference,
+    reference=lambda: ensemble_reference,
     mistakes=[
         (lambda: lambda p: F.normalize(p.mean(dim=0), dim=-1), "over the classes"),
         (lambda: lambda p: p.mean(dim=1), "renormalise"),

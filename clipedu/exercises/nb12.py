@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from clipedu.clip import CLIP
 from clipedu.config import preset
-from clipedu.exercises import Exercise, compare_tensors
+from clipedu.exercises import Exercise
+from clipedu.exercises.nb07 import check_prompt_ensemble, ensemble_reference
 from clipedu.pretrained import to_openai_state_dict
 
 
@@ -177,31 +178,8 @@ center_crop = Exercise(
 
 
 # --- 3. the prompt ensemble -------------------------------------------------------------------------
-def _text_embeds() -> torch.Tensor:
-    g = torch.Generator().manual_seed(12)
-    return F.normalize(torch.randn(4, 3, 8, generator=g, dtype=torch.float64), dim=-1)  # (K, T, E)
-
-
-def _ref_ensemble(text_embeds):
-    return F.normalize(text_embeds.mean(dim=1), dim=-1)  # (K, E)
-
-
-def _check_ensemble(fn) -> str | None:
-    embeds = _text_embeds()
-    got = fn(embeds.clone())
-    expected = _ref_ensemble(embeds)
-    if isinstance(got, torch.Tensor) and tuple(got.shape) == (3, 8):
-        return ("the answer should be (K, E) = (4, 8), one vector per class; got (3, 8): average over the "
-                "templates (dim 1), not the classes.")
-    problem = compare_tensors("class_weights", got, expected, atol=1e-6)
-    if problem is None:
-        return None
-    norms = got.double().norm(dim=-1) if isinstance(got, torch.Tensor) and got.dim() == 2 else None
-    if norms is not None and not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
-        lengths = [round(v, 3) for v in norms.tolist()]
-        return (f"each class vector should have length 1, yours have lengths {lengths}: the mean of unit "
-                "vectors is shorter than 1, so normalise it again.")
-    return problem
+def _check_ensemble(ensemble) -> str | None:
+    return check_prompt_ensemble(ensemble, name="ensemble")  # notebook 07's exercise, on CLIP's prompts
 
 
 prompt_ensemble = Exercise(
@@ -217,11 +195,11 @@ prompt_ensemble = Exercise(
     def ensemble(text_embeds):
         return F.normalize(text_embeds.mean(dim=1), dim=-1)  # (K, E)
     """,
-    reference=lambda: _ref_ensemble,
+    reference=lambda: ensemble_reference,
     mistakes=[
-        (lambda: lambda t: t.mean(dim=1), "length 1"),
-        (lambda: lambda t: F.normalize(t.mean(dim=0), dim=-1), "dim 1"),
-        (lambda: lambda t: t[:, 0], "wrong values"),
+        (lambda: lambda t: t.mean(dim=1), "renormalise"),
+        (lambda: lambda t: F.normalize(t.mean(dim=0), dim=-1), "over the classes"),
+        (lambda: lambda t: t[:, 0], "first template alone"),
     ],
     success="one vector per class that points the way all its prompts agree on.",
 )
