@@ -145,9 +145,14 @@ class Loop:
     ``out_dir`` receives ``checkpoint.pt`` every ``cfg.checkpoint_every`` steps and at the end.
     """
 
+    contrastive = False  # True for CLIP's loop, the one that takes hard_negatives and accum_steps
+
     def __init__(self, model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, device: torch.device,
                  out_dir: str | Path | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
                  name: str = "training"):
+        if not self.contrastive and (cfg.hard_negatives or cfg.accum_steps > 1):
+            raise ValueError(f"{name}: hard_negatives and accum_steps are options of CLIP's contrastive loop "
+                             "(clipedu.train.Trainer); this loop takes neither")
         self.cfg = cfg
         self.device = torch.device(device)
         self.dist = current()

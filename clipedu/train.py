@@ -106,6 +106,8 @@ class Trainer(Loop):
     compare with a weaker objective in a notebook); it gets this process's features.
     """
 
+    contrastive = True
+
     def __init__(
         self,
         model: CLIP,

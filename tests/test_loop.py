@@ -111,6 +111,13 @@ def test_a_loop_logs_its_losses_and_resumes_exactly(tmp_path):
     assert resumed.step == full.step and resumed.loss == full.loss and resumed.lr == full.lr
 
 
+def test_the_contrastive_options_are_refused_by_other_loops():
+    with pytest.raises(ValueError, match="regression: hard_negatives and accum_steps are options of CLIP's"):
+        _regression(TrainConfig(steps=4, batch_size=16, warmup_steps=0, accum_steps=2))
+    with pytest.raises(ValueError, match="this loop takes neither"):
+        _regression(TrainConfig(steps=4, batch_size=16, warmup_steps=0, hard_negatives=True))
+
+
 def test_a_loop_stops_on_a_non_finite_loss_and_says_where():
     loop = _regression(TrainConfig(steps=5, batch_size=16, warmup_steps=0, lr=1e30, grad_clip=0))
     with pytest.raises(TrainingDiverged, match="regression: the loss became .* at step .*nothing was saved"):
