@@ -13,6 +13,9 @@ Loading released weights::
 
 Photos are prepared with :class:`clipedu.preprocess.Preprocess`, captions with
 :class:`clipedu.bpe.BPETokenizer`; :func:`encode_photos` and :func:`encode_prompts` do both in batches.
+
+Hugging Face's layout (``transformers.CLIPModel``) is a third set of names for the same tensors:
+:func:`from_hf` and :func:`to_hf` convert both ways (:mod:`clipedu.hf`; ``pip install "clipedu[hf]"``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ import torch
 
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig
+from clipedu.hf import (  # noqa: F401 (Hugging Face's layout, kept in clipedu.hf, offered here beside OpenAI's)
+    config_from_hf,
+    config_to_hf,
+    from_hf,
+    from_hf_state_dict,
+    to_hf,
+    to_hf_state_dict,
+)
 from clipedu.runtime import cache_dir
 
 # (clipedu prefix, OpenAI prefix), tried in order; the first match renames the key's start.
