@@ -254,6 +254,10 @@ def download_file(url: str, dest: str | Path, sha256: str, progress: bool = True
     The bytes go to a temporary file in the same folder, which is renamed to ``dest`` only after
     the check: an interrupted or corrupted download never sits under the final name.
     """
+    # torch.hub.download_url_to_file does the same (temporary file, SHA256 prefix, rename) but opens
+    # the connection without a timeout: behind a firewall that drops packets it can wait forever,
+    # where notebook 12 must give up and carry on offline. It also reports a bad hash as a
+    # RuntimeError and leaves no verified marker (see verify_file), so this stays written out.
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
