@@ -137,6 +137,14 @@ def test_hf_dataset_with_class_labels_and_undecoded_images():
     assert data.captions[0] == ["a photo of a square."]
 
 
+def test_hf_dataset_unlabelled_rows_are_an_error():
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    ds = datasets.Dataset.from_dict({"image": _pictures(2), "label": [0, -1]}, features=features)
+    with pytest.raises(ValueError, match=r"item 1 has class -1, outside the 2 classes \['a', 'b'\] \(-1 marks"):
+        from_hf_dataset(ds)
+
+
 def test_hf_dataset_with_captions_and_labels_streamed():
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),

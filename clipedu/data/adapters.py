@@ -136,7 +136,7 @@ def _build(rows, image_size, class_names, templates, name, what) -> CaptionedIma
     if not templates or bad:
         raise ValueError(f"templates must be strings that each contain '{{}}', got {templates!r:.200}")
     by_class = _is_class(rows[0][1])
-    pictures, captions, labels, skipped = [], [], [], 0
+    pictures, captions, labels, kept, skipped = [], [], [], [], 0
     for i, row in enumerate(rows):
         image, target = row[0], row[1]
         if by_class:
@@ -151,10 +151,12 @@ def _build(rows, image_size, class_names, templates, name, what) -> CaptionedIma
                 continue
             if len(row) > 2 and row[2] is not None:
                 labels.append(int(row[2]))
+        picture = _as_pil(image, i)
         if image_size is None:
-            image_size = min(_as_pil(image, i).size)
-        pictures.append(square_picture(_as_pil(image, i), image_size))
+            image_size = min(picture.size)
+        pictures.append(square_picture(picture, image_size))
         captions.append(text)
+        kept.append(i)
     if skipped:
         warnings.warn(f"skipped {skipped} images without a non-empty caption", stacklevel=3)
     if not pictures:
@@ -165,6 +167,13 @@ def _build(rows, image_size, class_names, templates, name, what) -> CaptionedIma
         label_tensor = torch.tensor(labels, dtype=torch.long)
         names = [str(c) for c in class_names] if class_names is not None else [
             str(k) for k in range(int(label_tensor.max()) + 1)]
+        bad = ((label_tensor < 0) | (label_tensor >= len(names))).nonzero()
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(
+                f"item {kept[k]} has class {labels[k]}, outside the {len(names)} classes {names[:10]}"
+                + (" (-1 marks an unlabelled row in Hugging Face datasets)" if labels[k] == -1 else "")
+            )
         if by_class:  # one shared caption list per class, as for CIFAR
             per_class = [[t.format(c) for t in templates] for c in names]
             captions = [per_class[k] for k in labels]
