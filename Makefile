@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv with clipedu and everything the notebooks and tests need
 
+# tools/lab.py starts JupyterLab as root too (--allow-root), without a display (prints the address
+# instead of opening a browser) and when port 8888 is taken (the next free one). LAB_ARGS go to JupyterLab.
 lab: venv  ## open JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) tools/lab.py notebooks/ $(LAB_ARGS)
 
 test: venv  ## unit tests, then every notebook top to bottom (fast mode)
 	CLIPEDU_FAST=1 $(PY) -m pytest tests notebooks $(NBVAL)

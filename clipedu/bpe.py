@@ -325,6 +325,7 @@ def _sha256(path: Path) -> str:
 
 def download_merges(dest: Path) -> Path:
     """Download the merges file to ``dest``, atomically, and check its SHA256."""
+    # Not torch.hub.download_url_to_file: it has no timeout (see clipedu.pretrained.download_file).
     try:
         with urllib.request.urlopen(MERGES_URL, timeout=60) as response:
             data = response.read()  # about 1.3 MB

@@ -5,6 +5,11 @@ similarity says how well they match. For a batch of B pairs, the B x B matrix of
 multiplied by a learnable scale exp(logit_scale) = 1/temperature, is the logits of two
 classification problems: for each image, which caption? for each caption, which image?
 (:mod:`clipedu.losses` turns them into the training loss.)
+
+Normalised or not. ``encode_image``/``encode_text`` return unit vectors unless ``normalize=False``:
+clipedu's default is ready for cosines. open_clip's ``encode_image(normalize=False)`` and Hugging
+Face's ``get_image_features`` return the raw projected features instead; ``get_image_features`` and
+``get_text_features`` here do the same, so code written for either library gives the same numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipedu.config import CLIPConfig
-from clipedu.text import TextTransformer
+from clipedu.text import TextTransformer, check_tokens, eot_index
 from clipedu.vision import VisionTransformer
 
 
@@ -44,14 +49,40 @@ class CLIP(nn.Module):
 
     # --- the two encoders -------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, C, H, W) float images -> (B, E) embeddings, unit length unless ``normalize=False``."""
+        """(B, C, H, W) float images -> (B, E) embeddings, unit length unless ``normalize=False``.
+
+        The default differs from open_clip's, whose ``encode_image`` normalises only when asked.
+        """
+        _check_flag("normalize", normalize)
         x = self.vision(images).embedding
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, L) token ids -> (B, E) embeddings, unit length unless ``normalize=False``."""
+        """(B, L) token ids -> (B, E) embeddings, unit length unless ``normalize=False``.
+
+        The default differs from open_clip's, whose ``encode_text`` normalises only when asked.
+        """
+        _check_flag("normalize", normalize)
         x = self.text(tokens).embedding
         return F.normalize(x, dim=-1) if normalize else x
+
+    # Hugging Face's names: the projected features, not normalised, as transformers' CLIPModel gives them.
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float images -> (B, E) features, *not* normalised (``encode_image(normalize=False)``)."""
+        return self.encode_image(pixel_values, normalize=False)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) token ids -> (B, E) features, *not* normalised (``encode_text(normalize=False)``).
+
+        ``attention_mask`` (B, L) is accepted so that a Hugging Face tokenizer's output can be passed
+        as ``**inputs``. The causal mask and the reading at ``<eot>`` already ignore every position
+        after ``<eot>``, so the mask may only hide those: one that hides a token before ``<eot>``
+        (left padding) is a ValueError.
+        """
+        if attention_mask is not None:
+            check_tokens(input_ids, self.cfg.text)
+            _check_attention_mask(attention_mask, input_ids, self.cfg.text.eot_token_id)
+        return self.encode_text(input_ids, normalize=False)
 
     # --- similarity and temperature ---------------------------------------------------------
     @property
@@ -79,6 +110,11 @@ class CLIP(nn.Module):
         return self.scale * image_embeds @ text_embeds.t()
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+        """Embeddings of both and the (B_img, B_txt) logits between every image and every text.
+
+        The two batches may differ in size (one photo against K prompts is zero-shot scoring, as in
+        OpenAI's and Hugging Face's examples); the training loss needs B_img == B_txt and says so.
+        """
         image_embeds = self.encode_image(images)  # (B_img, E)
         text_embeds = self.encode_text(tokens)  # (B_txt, E)
         logits = self.logits(image_embeds, text_embeds)  # (B_img, B_txt)
@@ -109,3 +145,24 @@ class CLIP(nn.Module):
                 + "\n  ".join(problems[:12])
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_attention_mask(mask: torch.Tensor, tokens: torch.Tensor, eot_token_id: int) -> None:
+    """Raise a ValueError unless ``mask`` (B, L) keeps every position up to each text's ``<eot>``."""
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(tokens.shape):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"expected an attention_mask of the tokens' shape {tuple(tokens.shape)}, got {got}")
+    positions = torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
+    needed = positions[None, :] <= eot_index(tokens, eot_token_id)[:, None]  # (B, L): up to <eot>
+    hidden = needed & (mask.to(tokens.device) == 0)
+    if hidden.any():
+        row, col = (int(i) for i in hidden.nonzero()[0])
+        raise ValueError(
+            f"attention_mask hides position {col} of text {row}, before its end-of-text token; clipedu reads "
+            "texts padded on the right only (the causal encoder already ignores everything after <eot>)"
+        )

@@ -11,8 +11,14 @@ import torch
 from torch import nn
 
 
-def check_images(images: torch.Tensor, channels: int, image_size: int | None = None) -> None:
-    """Raise a ValueError unless ``images`` is a float (B, C, H, W) batch the model takes."""
+def check_images(
+    images: torch.Tensor, channels: int, image_size: int | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Raise a ValueError unless ``images`` is a float (B, C, H, W) batch the model takes.
+
+    ``dtype``, when given, is the model's: images must match it, except under ``torch.autocast``,
+    which converts them itself.
+    """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"expected images as a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
@@ -32,6 +38,18 @@ def check_images(images: torch.Tensor, channels: int, image_size: int | None = N
         raise ValueError(f"expected {channels} channels, got {c} (images of shape {tuple(images.shape)})")
     if image_size is not None and (h, w) != (image_size, image_size):
         raise ValueError(f"expected {image_size}x{image_size} images, got {h}x{w}")
+    if dtype is not None and images.dtype != dtype and not _autocast_enabled(images.device.type):
+        raise ValueError(
+            f"expected {dtype} images (the model's dtype), got {images.dtype}; convert them with "
+            f"images.to({dtype}), or run the model under torch.autocast for mixed precision"
+        )
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch before 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -13,6 +13,9 @@ Loading released weights::
 
 Photos are prepared with :class:`clipedu.preprocess.Preprocess`, captions with
 :class:`clipedu.bpe.BPETokenizer`; :func:`encode_photos` and :func:`encode_prompts` do both in batches.
+
+Hugging Face's layout (``transformers.CLIPModel``) is a third set of names for the same tensors:
+:func:`from_hf` and :func:`to_hf` convert both ways (:mod:`clipedu.hf`; ``pip install "clipedu[hf]"``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig
 from clipedu.evaluate import encode_texts
 from clipedu.preprocess import preprocess_batch
+from clipedu.hf import (  # noqa: F401 (Hugging Face's layout, kept in clipedu.hf, offered here beside OpenAI's)
+    config_from_hf,
+    config_to_hf,
+    from_hf,
+    from_hf_state_dict,
+    to_hf,
+    to_hf_state_dict,
+)
 from clipedu.runtime import cache_dir
 
 # (clipedu prefix, OpenAI prefix), tried in order; the first match renames the key's start.
@@ -248,6 +259,10 @@ def download_file(url: str, dest: str | Path, sha256: str, progress: bool = True
     The bytes go to a temporary file in the same folder, which is renamed to ``dest`` only after
     the check: an interrupted or corrupted download never sits under the final name.
     """
+    # torch.hub.download_url_to_file does the same (temporary file, SHA256 prefix, rename) but opens
+    # the connection without a timeout: behind a firewall that drops packets it can wait forever,
+    # where notebook 12 must give up and carry on offline. It also reports a bad hash as a
+    # RuntimeError and leaves no verified marker (see verify_file), so this stays written out.
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")

@@ -36,11 +36,13 @@ def check_tokens(tokens: torch.Tensor, cfg: TextConfig) -> None:
         raise ValueError(
             f"expected token ids of shape (B, L), got {tokens.dim()} dims {tuple(tokens.shape)}"
         )
-    if tokens.dtype not in (torch.long, torch.int32, torch.int64):
-        raise ValueError(f"expected integer token ids (torch.long), got {tokens.dtype}")
+    if tokens.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"expected integer token ids of dtype torch.long (or torch.int32), got {tokens.dtype}")
     b, length = tokens.shape
     if b == 0:
         raise ValueError("expected at least one text, got an empty batch (B = 0)")
+    if length == 0:
+        raise ValueError("expected at least one token per text (with its end-of-text token), got L = 0")
     if length > cfg.context_length:
         raise ValueError(
             f"text of {length} tokens is longer than the context length {cfg.context_length}"

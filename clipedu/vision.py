@@ -58,7 +58,7 @@ class VisionTransformer(nn.Module):
     def forward(
         self, images: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
     ) -> VisionOutput:
-        check_images(images, self.cfg.channels, self.cfg.image_size)
+        check_images(images, self.cfg.channels, self.cfg.image_size, dtype=self.patch_embed.proj.weight.dtype)
         x = self.tokens(images)
         hidden = attentions = None
         if output_attentions or output_hidden_states:

@@ -139,3 +139,127 @@ def test_ambiguous_and_unknown_overrides():
 def test_image_size_not_a_multiple_of_patch():
     with pytest.raises(ValueError, match=r"image_size \(30\) must be a multiple of patch_size \(8\)"):
         preset("tiny", image_size=30)
+
+
+# --- the model's boundaries: every way an input can be wrong says what was expected -----------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_images_of_another_dtype_than_the_model(model, dtype):
+    with pytest.raises(ValueError, match=rf"expected torch.float32 images \(the model's dtype\), got {dtype}"):
+        model.encode_image(torch.zeros(2, 3, 32, 32, dtype=dtype))
+
+
+def test_images_of_another_dtype_pass_under_autocast(model):
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast converts them itself
+        assert model.encode_image(torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 16)
+
+
+def test_float32_images_for_a_half_precision_model(tiny_config):
+    half = CLIP(tiny_config).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"expected torch.bfloat16 images .* images.to\(torch.bfloat16\)"):
+        half.encode_image(torch.zeros(1, 3, 32, 32))
+
+
+def test_images_of_five_dims(model):
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\), got 5 dims"):
+        model.encode_image(torch.zeros(1, 2, 3, 32, 32))
+
+
+def test_token_ids_not_a_tensor(model):
+    with pytest.raises(ValueError, match="expected token ids as a torch.Tensor, got list"):
+        model.encode_text([[1, 7, 2]])
+
+
+def test_token_ids_of_three_dims(model):
+    with pytest.raises(ValueError, match=r"expected token ids of shape \(B, L\), got 3 dims \(1, 2, 12\)"):
+        model.encode_text(_tokens().unsqueeze(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int16, torch.float16])
+def test_token_ids_of_a_dtype_embedding_cannot_read(model, dtype):
+    with pytest.raises(ValueError, match=rf"token ids of dtype torch.long \(or torch.int32\), got {dtype}"):
+        model.encode_text(_tokens().to(dtype))
+
+
+def test_int32_token_ids_are_fine(model):
+    torch.testing.assert_close(model.encode_text(_tokens().int()), model.encode_text(_tokens()))
+
+
+def test_texts_of_no_tokens(model):
+    with pytest.raises(ValueError, match="at least one token per text .* got L = 0"):
+        model.encode_text(torch.zeros(2, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("encode", ["encode_image", "encode_text"])
+def test_normalize_must_be_a_bool(model, encode):
+    inputs = torch.zeros(1, 3, 32, 32) if encode == "encode_image" else _tokens(1)
+    with pytest.raises(ValueError, match="normalize must be True or False, got 'no'"):
+        getattr(model, encode)(inputs, normalize="no")
+
+
+def test_forward_checks_both_inputs(model):
+    with pytest.raises(ValueError, match="expected 32x32 images, got 28x28"):
+        model(torch.zeros(2, 3, 28, 28), _tokens())
+    with pytest.raises(ValueError, match="token id 50 is outside the vocabulary"):
+        model(torch.zeros(2, 3, 32, 32), _tokens().fill_(50))
+
+
+def test_forward_scores_any_images_against_any_texts_but_the_loss_wants_pairs(model):
+    # One photo against K prompts is zero-shot scoring (OpenAI's and Hugging Face's examples do it),
+    # so forward takes batches of different sizes; the training loss is where pairs are required.
+    out = model(torch.zeros(3, 3, 32, 32), _tokens(2))
+    assert out.logits_per_image.shape == (3, 2) and out.logits_per_text.shape == (2, 3)
+    with pytest.raises(ValueError, match="got 3 images and 2 texts"):
+        clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+
+
+# --- get_dataset: options are checked before any data is made --------------------------------------
+def test_get_dataset_unknown_option_names_the_ones_it_takes():
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match="unknown option 'nn' for dataset 'shapes'; it takes n, image_size, seed"):
+        get_dataset("shapes", nn=10)
+    with pytest.raises(ValueError, match="unknown option 'n' for dataset 'digits'; it takes image_size, seed"):
+        get_dataset("digits", n=10)
+    with pytest.raises(ValueError, match="unknown option 'n' for dataset 'cifar10'; it takes root, download"):
+        get_dataset("cifar10", n=10)
+    with pytest.raises(ValueError, match="unknown option 'n' for dataset 'folder:x'; it takes image_size"):
+        get_dataset("folder:x", n=10)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("n", "10", "int"), ("n", 2.5, "int"), ("n", True, "int"), ("seed", "a", "int"), ("image_size", "32", "int"),
+    ("noise", "loud", "int or float"),
+])
+def test_get_dataset_option_of_the_wrong_type(option, value, expected):
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match=rf"option '{option}' of dataset 'shapes' must be {expected}, got {value!r}"):
+        get_dataset("shapes", **{option: value})
+
+
+def test_get_dataset_wrong_types_for_other_sources():
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match="option 'download' of dataset 'cifar10' must be bool, got 'yes'"):
+        get_dataset("cifar10", download="yes")
+    with pytest.raises(ValueError, match="option 'test_fraction' of dataset 'digits' must be int or float, got '0.2'"):
+        get_dataset("digits", test_fraction="0.2")
+    with pytest.raises(ValueError, match="option 'image_key' of dataset 'folder:x' must be str or None, got 3"):
+        get_dataset("folder:x", image_key=3)
+
+
+@pytest.mark.parametrize("n", [-1, 0])
+def test_get_dataset_count_must_be_positive(n):
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match=f"n must be a positive int, got {n}"):
+        get_dataset("shapes", n=n)
+
+
+def test_get_dataset_unknown_split_and_empty_folder_path():
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'test', 'heldout'\), got 'val'"):
+        get_dataset("shapes", "val", n=4)
+    with pytest.raises(ValueError, match="'folder:' needs a path after it"):
+        get_dataset("folder:")

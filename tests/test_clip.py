@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from clipedu import CLIP, CLIPConfig, preset
@@ -75,3 +76,31 @@ def test_state_dict_roundtrip_gives_identical_model(tiny_config):
 def test_presets_build():
     for name in ("tiny", "small"):
         assert CLIP(preset(name)).num_parameters() > 0
+
+
+def test_hugging_face_feature_names_give_the_unnormalised_embeddings(tiny_config):
+    model = CLIP(tiny_config).eval()
+    tokens = torch.zeros(2, 12, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1], tokens[:, 2] = 1, 7, 2
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        image_features, text_features = model.get_image_features(pixels), model.get_text_features(tokens)
+        assert torch.equal(image_features, model.encode_image(pixels, normalize=False))
+        assert torch.equal(text_features, model.encode_text(tokens, normalize=False))
+        assert not torch.allclose(image_features.norm(dim=-1), torch.ones(2))  # not unit length
+        torch.testing.assert_close(model.encode_image(pixels), torch.nn.functional.normalize(image_features, dim=-1))
+        # A Hugging Face tokenizer's output passes as **inputs; right padding changes nothing.
+        mask = (torch.arange(12) <= 2).long().expand(2, 12)
+        assert torch.equal(model.get_text_features(input_ids=tokens, attention_mask=mask), text_features)
+
+
+def test_attention_mask_that_hides_words_is_an_error(tiny_config):
+    model = CLIP(tiny_config)
+    tokens = torch.zeros(2, 12, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1], tokens[:, 2] = 1, 7, 2
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 1] = 0  # left padding, or a hidden word: clipedu's encoder would still read it
+    with pytest.raises(ValueError, match="attention_mask hides position 1 of text 1, before its end-of-text"):
+        model.get_text_features(tokens, attention_mask=mask)
+    with pytest.raises(ValueError, match=r"attention_mask of the tokens' shape \(2, 12\), got \(2, 11\)"):
+        model.get_text_features(tokens, attention_mask=mask[:, :11])

@@ -86,8 +86,13 @@ def test_jsonl_with_several_captions(folder):
 
 def test_wrong_columns_name_what_was_found(folder):
     write_csv(folder, "filename,text\na.png,red\n")
-    with pytest.raises(ValueError, match=r"columns \['image', 'caption'\]; found columns \['filename', 'text'\]"):
+    with pytest.raises(ValueError, match=r"columns \['image', 'caption'\] \(or open_clip's \['filepath', 'title'\], "
+                       r"or name yours with image_key= and caption_key=\); found columns \['filename', 'text'\]"):
         image_caption_folder(folder)
+    data = image_caption_folder(folder, image_key="filename", caption_key="text")
+    assert data.captions == [["red"]]
+    with pytest.raises(ValueError, match=r"no column 'title' \(caption_key\); found columns \['filename', 'text'\]"):
+        image_caption_folder(folder, image_key="filename", caption_key="title")
 
 
 def test_missing_folder_and_missing_caption_file(tmp_path, folder):
@@ -113,3 +118,56 @@ def test_folder_through_get_dataset_has_splits(folder):
     everything = get_dataset(f"folder:{folder}", "all", image_size=8)
     assert len(test) == 1 and len(train) == 9 and len(everything) == 10
     assert set(train.all_captions()).isdisjoint(test.all_captions())
+
+
+# --- open_clip's CSV convention: filepath and title, tab-separated, the file passed itself ----------
+def test_open_clip_csv_is_read_as_it_is(folder):
+    (folder / "sub").mkdir()
+    save_picture(folder / "sub" / "c.png", 12, 12, (0, 255, 0))
+    (folder / "train.csv").write_text(
+        "filepath\ttitle\n"
+        "a.png\ta red square, drawn with care\n"  # a comma inside a tab-separated caption
+        f"{folder / 'sub' / 'c.png'}\ta green square at an absolute path\n"
+        "b.jpg\ta blue square\n"
+    )
+    data = image_caption_folder(folder / "train.csv", image_size=8)
+    assert data.captions == [["a red square, drawn with care"], ["a green square at an absolute path"],
+                             ["a blue square"]]
+    assert data.name == folder.name and data.info["caption_file"] == "train.csv"
+    assert data.images[1, 1].float().mean() > 250  # green
+    through_catalog = get_dataset(f"folder:{folder / 'train.csv'}", "all", image_size=8)
+    assert through_catalog.captions == data.captions
+
+
+def test_open_clip_keys_and_separator_pass_through_get_dataset(folder):
+    (folder / "pairs.csv").write_text("path;text\na.png;red\nb.jpg;blue\n")
+    data = get_dataset(f"folder:{folder / 'pairs.csv'}", "all", image_key="path", caption_key="text", separator=";",
+                       image_size=8)
+    assert data.captions == [["red"], ["blue"]]
+    with pytest.raises(ValueError, match=r"found columns \['path;text'\]"):  # read with the wrong separator
+        image_caption_folder(folder / "pairs.csv", image_key="path", caption_key="text")
+    with pytest.raises(ValueError, match="separator must be one character"):
+        image_caption_folder(folder / "pairs.csv", separator=";;")
+
+
+def test_open_clip_relative_paths_from_the_working_directory(folder, tmp_path_factory, monkeypatch):
+    elsewhere = tmp_path_factory.mktemp("lists")
+    (elsewhere / "train.csv").write_text("filepath,title\na.png,red from the working directory\n")
+    monkeypatch.chdir(folder)  # open_clip opens relative paths from where it runs
+    data = image_caption_folder(elsewhere / "train.csv", image_size=8)
+    assert data.captions == [["red from the working directory"]]
+
+
+def test_jsonl_with_open_clip_keys(folder):
+    lines = [json.dumps({"filepath": "a.png", "title": "red"}), json.dumps({"filepath": "b.jpg", "title": "blue"})]
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    assert image_caption_folder(folder).captions == [["red"], ["blue"]]
+    (folder / "captions.jsonl").write_text(json.dumps({"file": "a.png", "text": "red"}) + "\n")
+    with pytest.raises(ValueError, match=r"objects with 'image' and 'caption'.*line 1 has \['file', 'text'\]"):
+        image_caption_folder(folder)
+    assert image_caption_folder(folder, image_key="file", caption_key="text").captions == [["red"]]
+
+
+def test_missing_path_says_folder_or_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist .or is not a folder or a captions file."):
+        image_caption_folder(tmp_path / "train.csv")

@@ -2,10 +2,14 @@
 
 - :class:`CaptionedImages`: uint8 images (N, C, H, W), captions, labels, class names, templates.
 - Sources: :class:`ShapesWorld` (generated, the default), :func:`cifar10`, :func:`cifar100`,
-  :func:`digits`, :func:`image_caption_folder` (your own pictures), or :func:`get_dataset` by name.
-- Feeding a model: :func:`build_tokenizer`, :class:`DeviceLoader`, :func:`to_float`.
+  :func:`digits`, :func:`image_caption_folder` (your own pictures, or open_clip's CSV), or
+  :func:`get_dataset` by name; from other libraries :func:`from_torchvision` and
+  :func:`from_hf_dataset` (Hugging Face ``datasets``).
+- Feeding a model: :func:`build_tokenizer`, :class:`DeviceLoader` (the fast path), :func:`to_float`;
+  a ``CaptionedImages`` is also a map-style dataset for ``torch.utils.data.DataLoader``.
 """
 
+from clipedu.data.adapters import from_hf_dataset, from_torchvision
 from clipedu.data.base import (
     CLIP_MEAN,
     CLIP_STD,
@@ -37,6 +41,8 @@ __all__ = [
     "cifar10",
     "cifar100",
     "digits",
+    "from_hf_dataset",
+    "from_torchvision",
     "get_dataset",
     "image_caption_folder",
     "mirror_caption",

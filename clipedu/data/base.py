@@ -7,6 +7,7 @@ know where the pictures came from.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,29 @@ class CaptionedImages:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, dict[str, torch.Tensor]]:
+        """Image ``index`` as a PyTorch map-style dataset gives it: (uint8 image (C, H, W), its first
+        caption, {attribute: label}).
+
+        So ``torch.utils.data.DataLoader(data, batch_size=64, shuffle=True)`` works, and yields uint8
+        images (B, C, H, W), a list of B captions and {attribute: (B,) labels}: convert the images with
+        :func:`to_float`, tokenise the captions. :class:`~clipedu.data.DeviceLoader` stays the fast
+        path (all on the device, a random caption of several each time, flips with mirrored captions).
+        """
+        if isinstance(index, (slice, list, tuple)) or (isinstance(index, torch.Tensor) and index.dim() > 0):
+            raise ValueError(
+                f"index one image with an int, got {type(index).__name__}; for several use data.subset(...)"
+            )
+        try:
+            i = operator.index(index)  # int, numpy integer, 0-dim integer tensor
+        except TypeError:
+            raise ValueError(f"index one image with an int, got {type(index).__name__} {index!r:.40}") from None
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for {n} images")
+        i %= n
+        return self.images[i], self.captions[i][0], {k: v[i] for k, v in self.labels.items()}
 
     @property
     def image_size(self) -> int:

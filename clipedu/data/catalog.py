@@ -22,10 +22,14 @@ def get_dataset(name: str, split: str = "train", **options) -> CaptionedImages:
     ``split`` is "train" or "test" (ShapesWorld also has "heldout"; digits and folders also
     "all"). ``options`` go to the source: ShapesWorld takes ``n``, ``image_size``, ``seed``,
     ``holdout``, ``captions_per_image``; CIFAR ``root`` and ``download``; digits and folders
-    ``image_size`` (and ``seed``, ``test_fraction`` for their split).
+    ``image_size`` (and ``seed``, ``test_fraction`` for their split); folders also ``image_key``,
+    ``caption_key`` and ``separator`` for the columns of their captions file (open_clip's
+    ``filepath``/``title`` CSV is recognised by itself). An option a source does not take, or of
+    the wrong type, is a ValueError.
     """
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a str; valid names are {', '.join(DATASET_NAMES)}")
+    _check_options(name, options)
     if name in ("shapes", "shapes2"):
         n = options.pop("n", _DEFAULT_SIZES.get(split, 2_000))
         world = ShapesWorld(num_objects=2 if name == "shapes2" else 1, **options)
@@ -37,10 +41,42 @@ def get_dataset(name: str, split: str = "train", **options) -> CaptionedImages:
     if name == "digits":
         return digits(split=split, **options)
     if name.startswith("folder:"):
+        if not name[len("folder:"):].strip():
+            raise ValueError("'folder:' needs a path after it: 'folder:/path/to/pictures' (or to its captions file)")
+
         seed, test_fraction = options.pop("seed", 0), options.pop("test_fraction", 0.1)
         data = image_caption_folder(name[len("folder:"):], **options)
         return data.subset(split_indices(len(data), split, test_fraction, seed))
     raise ValueError(f"unknown dataset {name!r}; valid names are {', '.join(DATASET_NAMES)}")
+
+
+# The options each source takes, with the type each must have (checked before the source runs, so a
+# misspelt or mistyped option is one clear line, not a TypeError from deep inside).
+_INT, _NUMBER, _BOOL, _TEXT = (int,), (int, float), (bool,), (str, type(None))
+_SHAPES_OPTIONS = {"n": _INT, "image_size": _INT, "seed": _INT, "holdout": None, "captions_per_image": _INT,
+                   "noise": _NUMBER, "colour_jitter": _NUMBER}
+_OPTIONS = {
+    "shapes": _SHAPES_OPTIONS,
+    "shapes2": _SHAPES_OPTIONS,
+    "cifar10": {"root": None, "download": _BOOL},
+    "cifar100": {"root": None, "download": _BOOL},
+    "digits": {"image_size": _INT, "seed": _INT, "test_fraction": _NUMBER},
+    "folder:": {"image_size": _INT, "name": _TEXT, "seed": _INT, "test_fraction": _NUMBER,
+                "image_key": _TEXT, "caption_key": _TEXT, "separator": _TEXT},
+}
+
+
+def _check_options(name: str, options: dict) -> None:
+    allowed = _OPTIONS.get("folder:" if name.startswith("folder:") else name)
+    if allowed is None:
+        return  # an unknown name: get_dataset says so
+    for key, value in options.items():
+        if key not in allowed:
+            raise ValueError(f"unknown option {key!r} for dataset {name!r}; it takes {', '.join(allowed)}")
+        types = allowed[key]
+        if types is not None and (not isinstance(value, types) or (types != _BOOL and isinstance(value, bool))):
+            expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"option {key!r} of dataset {name!r} must be {expected}, got {value!r}")
 
 
 def tokenizer_corpus(datasets: CaptionedImages | Sequence[CaptionedImages]) -> list[str]:
