@@ -38,7 +38,6 @@ from clipedu.bpe import N_MERGES, BPETokenizer
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, TextConfig, VisionConfig
 from clipedu.evaluate import encode_texts
-from clipedu.preprocess import preprocess_batch
 from clipedu.hf import (  # noqa: F401 (Hugging Face's layout, kept in clipedu.hf, offered here beside OpenAI's)
     config_from_hf,
     config_to_hf,
@@ -47,6 +46,7 @@ from clipedu.hf import (  # noqa: F401 (Hugging Face's layout, kept in clipedu.h
     to_hf,
     to_hf_state_dict,
 )
+from clipedu.preprocess import preprocess_batch
 from clipedu.runtime import cache_dir
 
 # (clipedu prefix, OpenAI prefix), tried in order; the first match renames the key's start.

@@ -209,7 +209,7 @@ def test_forward_scores_any_images_against_any_texts_but_the_loss_wants_pairs(mo
     out = model(torch.zeros(3, 3, 32, 32), _tokens(2))
     assert out.logits_per_image.shape == (3, 2) and out.logits_per_text.shape == (2, 3)
     with pytest.raises(ValueError, match="got 3 images and 2 texts"):
-        clip_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        clip_loss(out.image_embeds, out.text_embeds, out.scale)
 
 
 # --- get_dataset: options are checked before any data is made --------------------------------------
