@@ -137,7 +137,7 @@ def _load_image(file: Path, image_size: int) -> np.ndarray | None:
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             picture = picture.crop((left, top, left + side, top + side))
-            picture = picture.resize((image_size, image_size), Image.BICUBIC)
+            picture = picture.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(picture, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None  # PIL raises OSError (UnidentifiedImageError) for corrupt or truncated files
