@@ -28,6 +28,24 @@ test-unit: venv
 test-notebooks: venv
 	CLIPEDU_FAST=1 $(PY) -m pytest notebooks $(NBVAL)
 
+# A second environment with every runtime dependency at its declared floor (pyproject.toml),
+# the development tools at whatever pip picks beside them.
+PYTHON_MIN ?= $(PYTHON)
+VENV_MIN   ?= .venv-min
+PY_MIN     := $(VENV_MIN)/bin/python
+STAMP_MIN  := $(VENV_MIN)/.clipedu-installed
+
+$(STAMP_MIN): pyproject.toml tests/floors.py
+	test -x $(PY_MIN) || $(PYTHON_MIN) -m venv $(VENV_MIN)
+	$(PY_MIN) tests/floors.py requirements > $(VENV_MIN)/floors.txt
+	$(PY_MIN) -m pip install -c $(VENV_MIN)/floors.txt -e ".[dev]"
+	touch $(STAMP_MIN)
+
+.PHONY: test-min
+test-min: $(STAMP_MIN)  ## unit tests and notebooks 00 and 05 with the oldest versions pyproject.toml allows
+	$(PY_MIN) tests/floors.py check
+	CLIPEDU_FAST=1 $(PY_MIN) -m pytest tests notebooks/00_*.ipynb notebooks/05_*.ipynb $(NBVAL)
+
 test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chromium (needs apt's chromium)
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[browser]"
 	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser -v

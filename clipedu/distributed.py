@@ -90,8 +90,8 @@ def _all_gather_with_grad(x: torch.Tensor) -> list[torch.Tensor]:
     from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():
-        # Newer PyTorch marks this public API deprecated in favour of a private one; it still works
-        # from 2.1 on, which is the range clipedu supports.
+        # Newer PyTorch marks this public API deprecated in favour of a private one; it works in
+        # every release clipedu supports (2.3 on).
         warnings.simplefilter("ignore", FutureWarning)
         return list(all_gather(x))
 

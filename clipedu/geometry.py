@@ -91,6 +91,7 @@ def project(x, method: str = "pca", seed: int = 0, threads: int | None = 1, **op
 
         options.setdefault("perplexity", min(30.0, (len(x) - 1) / 3))
         options.setdefault("init", "pca")
+        options.setdefault("learning_rate", "auto")  # scikit-learn's default from 1.2 on; older ones used 200
         with threadpool_limits(threads):
             points = TSNE(2, random_state=seed, **options).fit_transform(x.numpy())
         return torch.from_numpy(points).float()

@@ -60,7 +60,7 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (size, new_long) if w <= h else (new_long, size)
     if (new_w, new_h) == (w, h):
         return image
-    return image.resize((new_w, new_h), Image.BICUBIC)
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -11,6 +11,7 @@ supervised baseline (:mod:`clipedu.supervised`) all take these pieces from here,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -45,13 +46,23 @@ def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], ep
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type == "cuda" or None)
 
 
+class _WarmupThenCosine(SequentialLR):
+    """SequentialLR without torch 2.3's false alarm: at the milestone it steps the cosine with an
+    explicit epoch, its own deprecated form, and warns about that on every run (later releases don't)."""
+
+    def step(self):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"The epoch parameter in `scheduler.step\(\)`", UserWarning)
+            super().step()
+
+
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up, then cosine decay to zero, from torch.optim.lr_scheduler."""
     cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
     if warmup_steps == 0:
         return cosine
     warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    return _WarmupThenCosine(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -47,6 +47,7 @@ def _worker(rank, port, out_dir, mode):
                 loss = distributed_clip_loss(img, txt, scale)
         except ValueError as exc:
             torch.save({"error": str(exc)}, f"{out_dir}/rank{rank}.pt")
+            dist.barrier()  # on the error path too: with torch 2.3 a rank tearing gloo down alone can hang
             return
         loss.backward()
         torch.save({"loss": loss.detach(), "img": img.grad, "txt": txt.grad, "scale": scale.grad},

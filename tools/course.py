@@ -2,7 +2,7 @@
 versions.
 
     python tools/course.py set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
-    python tools/course.py sync       # rewrite every badge, setup cell and the README's notebook map
+    python tools/course.py sync       # rewrite every badge, setup cell, the README's notebook map, CITATION.cff
     python tools/course.py strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
     python tools/course.py student    # build/student/: each solution replaced by a stub
     python tools/course.py check      # list convention problems (the tests run this too)
@@ -150,6 +150,21 @@ def sync(repository: str = REPOSITORY, branch: str = BRANCH, root: Path = ROOT) 
         _, tail = rest.split(end, 1)
         text = f"{head}{start}\n{readme_table(paths, repository, branch)}\n{end}{tail}"
         readme.write_text(text, encoding="utf-8")
+    citation = root / "CITATION.cff"
+    if citation.exists():
+        citation.write_text(citation_text(citation.read_text(encoding="utf-8"), repository), encoding="utf-8")
+
+
+def repository_url(repository: str = REPOSITORY) -> str:
+    return f"https://github.com/{repository}"
+
+
+def citation_text(text: str, repository: str = REPOSITORY) -> str:
+    """CITATION.cff's text with ``repository-code`` pointing at ``repository``."""
+    line = f'repository-code: "{repository_url(repository)}"'
+    if not re.search(r"^repository-code:", text, flags=re.M):
+        raise ValueError("CITATION.cff has no 'repository-code:' line to point at the repository")
+    return re.sub(r"^repository-code:.*$", line, text, count=1, flags=re.M)
 
 
 def set_repo(repository: str, branch: str = BRANCH, root: Path = ROOT) -> None:

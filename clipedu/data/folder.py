@@ -208,5 +208,5 @@ def square_picture(picture, image_size: int) -> np.ndarray:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     picture = picture.crop((left, top, left + side, top + side))
-    picture = picture.resize((image_size, image_size), Image.BICUBIC)
+    picture = picture.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(picture, dtype=np.uint8)
