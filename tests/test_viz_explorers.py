@@ -97,7 +97,7 @@ def test_explorer_displays_widget_and_static_figure_once_and_returns_the_widget(
     assert isinstance(box, widgets.Box)
     assert len(shown) == 1, "an explorer displays itself exactly once"
     (bundle,), kwargs = shown[0]
-    assert kwargs == {"raw": True}
+    assert kwargs["raw"] is True and "explorer" in kwargs["metadata"][explorers.EXPLORER]
     # the live widget: a front-end with widgets draws this one, the returned one
     assert bundle[explorers.WIDGET_VIEW]["model_id"] == box.model_id
     # the fallback: a real picture of the first state, and no "VBox(children=...)"

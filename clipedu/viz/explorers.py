@@ -54,8 +54,11 @@ def explorer_bundle(widget, figure, name: str) -> dict:
     return bundle
 
 
+EXPLORER = "clipedu-explorer"  # the output's metadata names the explorer (notebooks/conftest.py reads it)
+
+
 def show(widget, figure, name: str):
     """Display ``widget`` with ``figure`` (its first state) as the fallback for a viewer without
     widgets, and return ``widget``."""
-    display(explorer_bundle(widget, figure, name), raw=True)
+    display(explorer_bundle(widget, figure, name), raw=True, metadata={EXPLORER: name})
     return widget
