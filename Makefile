@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clipedu-installed
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: venv lab test test-unit test-notebooks bench student test-browser lint clean colab-links test-student
+.PHONY: venv lab test test-unit test-notebooks bench student test-browser lint clean colab-links test-student site test-site
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,26 @@ venv: $(STAMP)  ## create .venv with clipedu and everything the notebooks and te
 lab: venv  ## open JupyterLab on the notebooks
 	$(PY) tools/lab.py notebooks/ $(LAB_ARGS)
 
+# The notebooks' run also leaves each notebook, outputs included, in build/executed/ (notebooks/conftest.py):
+# `make site` renders those instead of executing the notebooks again.
+EXECUTED := build/executed
+
 test: venv  ## unit tests, then every notebook top to bottom (fast mode)
-	CLIPEDU_FAST=1 $(PY) -m pytest tests notebooks $(NBVAL)
+	CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest tests notebooks $(NBVAL)
 
 test-unit: venv
 	CLIPEDU_FAST=1 $(PY) -m pytest tests
 
 test-notebooks: venv
-	CLIPEDU_FAST=1 $(PY) -m pytest notebooks $(NBVAL)
+	CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest notebooks $(NBVAL)
+
+site: venv  ## the course as HTML in build/site/ (Jupyter Book), from the notebooks `make test` ran
+	$(PY) -c "import jupyter_book" 2>/dev/null || $(PY) -m pip install -e ".[site]"
+	$(PY) tools/site.py --executed $(EXECUTED) --out build/site
+
+test-site: venv  ## the built site in headless Chromium: every page, its figures, its links; shots in build/site-shots/
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[browser]"
+	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser/test_site_browser.py -v
 
 # A second environment with every runtime dependency at its declared floor (pyproject.toml),
 # the development tools at whatever pip picks beside them.
@@ -48,13 +60,15 @@ test-min: $(STAMP_MIN)  ## unit tests and notebooks 00 and 05 with the oldest ve
 
 test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chromium (needs apt's chromium)
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[browser]"
-	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser -v
+	CLIPEDU_BROWSER_TESTS=1 $(PY) -m pytest tests/browser/test_widgets_browser.py -v
 
-student: venv  ## student versions (solutions replaced by stubs) in build/student/
-	$(PY) tools/course.py student
+student:  ## student/: the student versions (solutions replaced by stubs), committed so Colab opens them
+	$(PYTHON) tools/course.py student
 
-test-student: student  ## the student versions under nbval (stubbed exercise cells may raise); NB=00 01 for some
-	CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),build/student/$(n)_*.ipynb),build/student) $(NBVAL)
+# The committed student/ as it is; `course.py check` first fails on a stale one (run `make student`).
+test-student: venv  ## the student versions under nbval (stubbed exercise cells may raise); NB=00 01 for some
+	$(PY) tools/course.py check
+	CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),student/$(n)_*.ipynb),student) $(NBVAL)
 
 bench: venv  ## speed and quality tables (never part of the tests)
 	$(PY) benchmarks/bench_model.py

@@ -1,6 +1,7 @@
 """Badges, setup cells, stripping and student versions."""
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -100,6 +101,13 @@ def test_set_repo_rewrites_badges_install_cells_and_readme(tmp_path):
     readme = (root / "README.md").read_text()
     assert "github/me/fork/blob/dev/notebooks/01_demo.ipynb" in readme and "old" not in readme
     assert readme.startswith("intro\n") and readme.endswith("end\n")
+    # two badges a row: the student version and the solutions, both at the fork's branch
+    assert "github/me/fork/blob/dev/student/01_demo.ipynb" in readme
+    assert "https://me.github.io/fork/" in readme
+    student = course.load(root / "student" / "01_demo.ipynb")
+    assert course.badge("01_demo.ipynb", "me/fork", "dev", "student") in course.source(student["cells"][0])
+    assert course.source(course.code_cells(student)[0]) == course.setup_cell_source("me/fork", "dev")
+    assert "raise NotImplementedError('Your turn: return twice x')" in course.source(student["cells"][2])
 
 
 def test_set_repo_rejects_a_bad_name_and_a_broken_settings_file(tmp_path):
@@ -111,13 +119,36 @@ def test_set_repo_rejects_a_bad_name_and_a_broken_settings_file(tmp_path):
 
 
 def test_the_repository_name_is_written_in_one_place():
-    """course.toml holds it; the badges, install cells and README table are generated from it."""
-    repository, _ = course.read_settings()
-    root = course.ROOT
-    sources = [*root.glob("*.toml"), *root.glob("*.cfg"), root / "Makefile", root / ".ci" / "run",
-               *(p for folder in ("clipedu", "tools", "tests", "benchmarks") for p in (root / folder).rglob("*.py"))]
-    holders = [p.relative_to(root).as_posix() for p in sources if p.exists() and repository in p.read_text()]
-    assert holders == [course.SETTINGS], holders
+    """course.toml holds it; badges, install cells, the README table, CITATION.cff and student/
+    are generated from it, and no other tracked file names it."""
+    if not (course.ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files")
+    assert course.repository_mentions() == [], "run `python tools/course.py sync`, or derive the name from course.toml"
+
+
+def _git_checkout(root):
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(course.ROOT / course.SETTINGS, root / course.SETTINGS)
+    (root / "README.md").write_text("intro\n<!-- notebooks:start -->\nold\n<!-- notebooks:end -->\nend\n")
+    course.save(course.strip_notebook(_notebook()), root / "notebooks" / "01_demo.ipynb")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+
+
+def test_repository_mentions_finds_a_name_outside_the_generated_places(tmp_path):
+    root = tmp_path / "repo"
+    _git_checkout(root)
+    course.set_repo("me/fork", "dev", root=root)
+    (root / "docs.md").write_text("clone it:\n  git clone https://github.com/Me/Fork\n")
+    (root / "untracked.md").write_text("me/fork")  # not tracked: git does not list it
+    nb = course.load(root / "notebooks" / "01_demo.ipynb")
+    nb["cells"][3]["source"] = "# NBVAL_CHECK_OUTPUT\nprint('me/fork')"
+    course.save(nb, root / "notebooks" / "01_demo.ipynb")
+    subprocess.run(["git", "add", "course.toml", "README.md", "docs.md", "notebooks", "student"], cwd=root, check=True)
+    found = course.repository_mentions(root)
+    assert found == ["docs.md:2", "notebooks/01_demo.ipynb: outside the badge and the setup cell"], found
+    course.save(course.strip_notebook(_notebook("01_demo.ipynb", "me/fork")), root / "notebooks" / "01_demo.ipynb")
+    (root / "docs.md").write_text("clone it from GitHub\n")
+    assert course.repository_mentions(root) == []  # the badges, table and student/ do not count
 
 
 def test_solution_of_keeps_the_answer_and_drops_the_scaffolding():

@@ -76,7 +76,8 @@ def _declared(*groups: str) -> set[str]:
 
 # --- the conda environment -----------------------------------------------------------------------
 def test_environment_yml_mirrors_pyproject():
-    wanted = dict(_split(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"])
+    extras = PROJECT["optional-dependencies"]
+    wanted = dict(_split(r) for r in PROJECT["dependencies"] + extras["dev"] + extras["site"])
     wanted = {CONDA_NAMES.get(k, k): v for k, v in wanted.items()}
     listed, python = {}, None
     text = (ROOT / "environment.yml").read_text()

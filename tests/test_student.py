@@ -1,14 +1,17 @@
 """Student versions: every solution becomes a stub, and nothing after an exercise depends on it.
 
-`make test-student` executes the student set under nbval (the stubbed cells are tagged
-``raises-exception``); this file checks, without running anything, the property that makes that
-pass: a later cell never reads a name that only an exercise cell defines.
+The student versions are committed in ``student/`` (Colab opens them from GitHub) and regenerated
+by ``make student``; a stale one fails here. `make test-student` executes them under nbval (the
+stubbed cells are tagged ``raises-exception``); this file checks, without running anything, the
+property that makes that pass: a later cell never reads a name that only an exercise cell defines.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
+import shutil
 
 import pytest
 
@@ -98,3 +101,39 @@ def test_student_version_stubs_every_solution_and_keeps_the_rest(path):
             assert new == text
     exercises = sum(course.BEGIN in course.source(c) for c in original["cells"] if c["cell_type"] == "code")
     assert stubs == exercises >= 2, f"{path.name}: {exercises} exercises"
+
+
+def test_student_folder_matches_the_notebooks():
+    assert course.student_problems() == {}, "run `make student` (python tools/course.py student) and commit student/"
+
+
+def test_a_stale_missing_or_orphaned_student_version_is_reported(tmp_path):
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(course.ROOT / course.SETTINGS, root / course.SETTINGS)
+    (root / "README.md").write_text("")
+    for p in NOTEBOOKS[:2]:
+        shutil.copy(p, root / "notebooks" / p.name)
+    first, second = (p.name for p in NOTEBOOKS[:2])
+    course.build_student(root=root)
+    assert course.student_problems(root) == {}
+    nb = course.load(root / "notebooks" / first)
+    nb["cells"][-1]["source"] = "## Summary\n\nChanged after the student version was written."
+    course.save(nb, root / "notebooks" / first)
+    (root / "student" / second).unlink()
+    (root / "student" / "99_gone.ipynb").write_text("{}")
+    assert course.student_problems(root) == {first: "stale", second: "missing", "99_gone.ipynb": "no such notebook"}
+    assert any("is stale" in p for p in course.check_all(root)[first])
+    course.build_student(root=root)
+    assert course.student_problems(root) == {}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:1], ids=[p.name for p in NOTEBOOKS[:1]])
+def test_committed_student_version_opens_itself_and_installs_the_same_branch(path):
+    repository, branch = course.read_settings()
+    nb = json.loads((course.ROOT / course.STUDENT / path.name).read_text())
+    title = course.source(nb["cells"][0])
+    assert f"github/{repository}/blob/{branch}/student/{path.name}" in title
+    assert f"github/{repository}/blob/{branch}/notebooks/{path.name}" in title  # the solutions, one link away
+    setup = course.source(course.code_cells(nb)[0])
+    assert f'git+https://github.com/{repository}@{branch}"' in setup

@@ -2,15 +2,17 @@
 versions.
 
     python tools/course.py set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
-    python tools/course.py sync       # rewrite every badge, setup cell, the README's notebook map, CITATION.cff
+    python tools/course.py sync       # rewrite every badge, setup cell, the README's notebook map,
+                                      # CITATION.cff and student/
     python tools/course.py strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
-    python tools/course.py student    # build/student/: each solution replaced by a stub
+    python tools/course.py student    # student/: each solution replaced by a stub (committed, on Colab)
     python tools/course.py check      # list convention problems (the tests run this too)
     python tools/course.py new 13_scaling_out.ipynb "Scaling out"   # a skeleton to fill in
 
 The repository's owner/name and branch live in one place, ``course.toml`` at the root of the
-checkout; ``set-repo`` rewrites it and everything generated from it. This file needs only the
-standard library, so it runs before clipedu is installed.
+checkout; ``set-repo`` rewrites it and everything generated from it, and
+``repository_mentions`` finds any other tracked file that names it (the tests keep that list
+empty). This file needs only the standard library, so it runs before clipedu is installed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 NOTEBOOKS = ROOT / "notebooks"
+STUDENT = "student"  # the committed student versions, beside notebooks/
 SETTINGS = "course.toml"
 _SETTING = re.compile(r'^(repository|branch) = "([^"]*)"$', re.M)
 
@@ -45,12 +48,23 @@ BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 SETUP_FIRST_LINE = "# Setup: run this cell first."
 
 
-def colab_url(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
-    return f"https://colab.research.google.com/github/{repository}/blob/{branch}/notebooks/{notebook}"
+def colab_url(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH, folder: str = "notebooks") -> str:
+    """Colab's address of ``folder/notebook`` on GitHub: ``notebooks`` (solutions) or ``student``."""
+    return f"https://colab.research.google.com/github/{repository}/blob/{branch}/{folder}/{notebook}"
 
 
-def badge(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH) -> str:
-    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook, repository, branch)})"
+def badge(notebook: str, repository: str = REPOSITORY, branch: str = BRANCH, folder: str = "notebooks") -> str:
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook, repository, branch, folder)})"
+
+
+def repository_url(repository: str = REPOSITORY) -> str:
+    return f"https://github.com/{repository}"
+
+
+def site_url(repository: str = REPOSITORY) -> str:
+    """Where GitHub Pages serves the rendered course (``.github/workflows/ci.yml`` publishes it)."""
+    owner, name = repository.split("/")
+    return f"https://{owner.lower()}.github.io/{name}/"
 
 
 def setup_cell_source(repository: str = REPOSITORY, branch: str = BRANCH) -> str:
@@ -106,12 +120,14 @@ def code_cells(nb: dict) -> list[dict]:
 _BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 
 
-def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str = BRANCH) -> dict:
+def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str = BRANCH,
+                  folder: str = "notebooks") -> dict:
+    """The title cell's badge (opening ``folder/name`` on Colab) and the setup cell, regenerated."""
     first = nb["cells"][0]
     if first["cell_type"] != "markdown":
         raise ValueError(f"{name}: the first cell must be the markdown title cell")
     text = source(first)
-    new_badge = badge(name, repository, branch)
+    new_badge = badge(name, repository, branch, folder)
     text = _BADGE_RE.sub(new_badge, text) if _BADGE_RE.search(text) else new_badge + "\n\n" + text
     set_source(first, text)
     cells = code_cells(nb)
@@ -130,10 +146,16 @@ def title_of(nb: dict) -> str:
 
 
 def readme_table(paths: list[Path], repository: str = REPOSITORY, branch: str = BRANCH) -> str:
-    rows = ["| # | notebook | open |", "| --- | --- | --- |"]
+    """The README's notebook map: each notebook with two Colab badges, the student version
+    (exercises to fill in, from ``student/``) and the solutions (``notebooks/``)."""
+    rows = [f"Read the course rendered, outputs included, at <{site_url(repository)}>; run it on Colab",
+            "with a badge: **student** opens the version with the exercises to fill in, **solutions**",
+            "the one with the worked answers.", "",
+            "| # | notebook | student | solutions |", "| --- | --- | --- | --- |"]
     for p in paths:
         rows.append(
-            f"| {p.name[:2]} | [{title_of(load(p))}](notebooks/{p.name}) | {badge(p.name, repository, branch)} |"
+            f"| {p.name[:2]} | [{title_of(load(p))}](notebooks/{p.name}) "
+            f"| {badge(p.name, repository, branch, STUDENT)} | {badge(p.name, repository, branch)} |"
         )
     return "\n".join(rows)
 
@@ -153,10 +175,7 @@ def sync(repository: str = REPOSITORY, branch: str = BRANCH, root: Path = ROOT) 
     citation = root / "CITATION.cff"
     if citation.exists():
         citation.write_text(citation_text(citation.read_text(encoding="utf-8"), repository), encoding="utf-8")
-
-
-def repository_url(repository: str = REPOSITORY) -> str:
-    return f"https://github.com/{repository}"
+    build_student(root / STUDENT, root, repository, branch)
 
 
 def citation_text(text: str, repository: str = REPOSITORY) -> str:
@@ -294,14 +313,117 @@ def solution_of(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
 
 
-def build_student(out_dir: Path = ROOT / "build" / "student") -> list[Path]:
+STUDENT_NOTE = ("*Student version: each \"Your turn\" cell is a stub that raises until you write the answer. "
+                "The worked answers: [solutions]({url}).*")
+
+
+def student_version(path: Path, repository: str = REPOSITORY, branch: str = BRANCH) -> dict:
+    """The committed student version of the notebook at ``path``: stripped, each solution a stub,
+    its badge opening itself on Colab, and a line under the badge pointing at the solutions."""
+    nb = sync_notebook(student_notebook(strip_notebook(load(path))), path.name, repository, branch, STUDENT)
+    title = source(nb["cells"][0])
+    own = badge(path.name, repository, branch, STUDENT)
+    note = STUDENT_NOTE.format(url=colab_url(path.name, repository, branch))
+    set_source(nb["cells"][0], title.replace(own, f"{own}\n\n{note}", 1))
+    return nb
+
+
+def _text(nb: dict) -> str:
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def build_student(out_dir: Path | None = None, root: Path = ROOT, repository: str | None = None,
+                  branch: str | None = None) -> list[Path]:
+    """Write ``student/`` (or ``out_dir``): one student version per notebook, nothing else."""
+    if repository is None or branch is None:
+        repository, branch = read_settings(root)
+    out_dir = root / STUDENT if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for p in notebook_paths():
+    paths = notebook_paths(root / "notebooks")
+    for p in paths:
         target = out_dir / p.name
-        save(student_notebook(strip_notebook(load(p))), target)
+        text = _text(student_version(p, repository, branch))
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
         written.append(target)
+    names = {p.name for p in paths}
+    for old in out_dir.glob("*.ipynb"):
+        if old.name not in names:  # a notebook renamed or removed
+            old.unlink()
     return written
+
+
+def student_problems(root: Path = ROOT) -> dict[str, str]:
+    """``student/`` against the notebooks: name -> "missing", "stale" or "no such notebook"."""
+    repository, branch = read_settings(root)
+    folder = root / STUDENT
+    paths = notebook_paths(root / "notebooks")
+    found = {}
+    for p in paths:
+        target = folder / p.name
+        if not target.exists():
+            found[p.name] = "missing"
+        elif target.read_text(encoding="utf-8") != _text(student_version(p, repository, branch)):
+            found[p.name] = "stale"
+    for extra in sorted({q.name for q in folder.glob("*.ipynb")} - {p.name for p in paths}):
+        found[extra] = "no such notebook"
+    return found
+
+
+# --- one place names the repository ---------------------------------------------------------------
+def _tracked_files(root: Path) -> list[Path]:
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise RuntimeError(f"{root} is not a git checkout: {err}") from err
+    return [root / name for name in listed.decode().split("\0") if name]
+
+
+def _outside_generated(path: Path, text: str, root: Path) -> str:
+    """``text`` without the parts that ``sync`` generates from ``course.toml``."""
+    rel = path.relative_to(root).as_posix()
+    if rel == "README.md":
+        return re.sub(r"<!-- notebooks:start -->.*?<!-- notebooks:end -->", "", text, flags=re.S)
+    if rel == "CITATION.cff":
+        return re.sub(r"^repository-code:.*$", "", text, flags=re.M)
+    if rel.startswith("notebooks/") and rel.endswith(".ipynb"):
+        nb = json.loads(text)
+        if nb.get("cells"):
+            set_source(nb["cells"][0], _BADGE_RE.sub("", source(nb["cells"][0])))
+        for cell in code_cells(nb)[:1]:
+            if source(cell).startswith(SETUP_FIRST_LINE):
+                set_source(cell, "")
+        return json.dumps(nb, ensure_ascii=False)
+    return text
+
+
+def repository_mentions(root: Path = ROOT, files: list[Path] | None = None) -> list[str]:
+    """Every ``path:line`` of a tracked file that names the repository outside what ``sync``
+    generates (``course.toml`` itself, ``student/``, the badges and setup cells, the README's
+    notebook map, CITATION.cff's ``repository-code``). A fork runs ``set-repo`` and is done only
+    while this list is empty."""
+    repository, _ = read_settings(root)
+    found = []
+    for path in _tracked_files(root) if files is None else files:
+        rel = path.relative_to(root).as_posix()
+        if rel == SETTINGS or rel.startswith(f"{STUDENT}/") or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # a binary file
+        if repository.lower() not in text.lower():
+            continue
+        rest = _outside_generated(path, text, root)
+        if rel.endswith(".ipynb"):
+            if repository.lower() in rest.lower():
+                found.append(f"{rel}: outside the badge and the setup cell")
+            continue
+        found += [f"{rel}:{n}" for n, line in enumerate(rest.split("\n"), 1) if repository.lower() in line.lower()]
+    return found
 
 
 # --- conventions ----------------------------------------------------------------------------------
@@ -343,12 +465,18 @@ def check_all(root: Path = ROOT) -> dict[str, list[str]]:
     readme = (root / "README.md").read_text(encoding="utf-8")
     repository, branch = read_settings(root)
     found = {}
+    student = student_problems(root)
     for p in notebook_paths(root / "notebooks"):
         problems = check_notebook(load(p), p.name, repository, branch)
         if f"notebooks/{p.name}" not in readme:
             problems.append("not listed in README.md (run `python tools/course.py sync`)")
+        if p.name in student:
+            problems.append(f"{STUDENT}/{p.name} is {student[p.name]} (run `python tools/course.py student`)")
         if problems:
             found[p.name] = problems
+    for name, problem in student.items():
+        if problem == "no such notebook":
+            found[f"{STUDENT}/{name}"] = [f"{problem} in notebooks/ (run `python tools/course.py student`)"]
     return found
 
 
@@ -361,8 +489,8 @@ def main(argv=None) -> int:
     sub.add_parser("sync", help="rewrite badges, setup cells and the README notebook map")
     s = sub.add_parser("strip", help="strip outputs except checked cells")
     s.add_argument("paths", nargs="*", type=Path)
-    s = sub.add_parser("student", help="write student versions")
-    s.add_argument("--out", type=Path, default=ROOT / "build" / "student")
+    s = sub.add_parser("student", help="write the student versions to student/")
+    s.add_argument("--out", type=Path, default=None, help="another folder (default: student/)")
     sub.add_parser("check", help="list convention problems")
     s = sub.add_parser("new", help="write a notebook skeleton that keeps every convention")
     s.add_argument("name", help="e.g. 13_scaling_out.ipynb")

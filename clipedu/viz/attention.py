@@ -14,9 +14,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from IPython.display import display
 
 from clipedu.attention import scaled_dot_product_attention
+from clipedu.viz.explorers import show
 
 
 # --- why divide by sqrt(d) --------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def head_width_widget(n_keys: int = 12, default: int = 64):
     slider = widgets.SelectionSlider(options=dims, value=default if default in dims else 64,
                                      description="head width d", continuous_update=False)
 
-    def draw(d):
+    def figure(d):
         scaled, unscaled = one_query_weights(d, n_keys)
         fig, axes = plt.subplots(1, 2, figsize=(8, 2.4), sharey=True)
         for ax, w, title in ((axes[0], scaled, "softmax(q.k / sqrt(d))"), (axes[1], unscaled, "softmax(q.k)")):
@@ -247,9 +247,12 @@ def head_width_widget(n_keys: int = 12, default: int = 64):
             ax.set_title(f"{title}: largest weight {w.max():.2f}", fontsize=9)
         axes[0].set_ylabel("attention weight")
         fig.tight_layout()
+        return fig
+
+    def draw(d):
+        figure(d)
         plt.show()
 
     out = widgets.interactive_output(draw, {"d": slider})
     box = widgets.VBox([slider, out])
-    display(box)
-    return box
+    return show(box, figure(slider.value), "head width explorer")

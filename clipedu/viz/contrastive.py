@@ -12,7 +12,9 @@ Pure functions compute what is shown; the tests call them directly:
 Plots: :func:`plot_similarity_matrix` (a labelled heatmap with thumbnails), :func:`plot_temperature_view`,
 :func:`plot_image_ranking`.
 
-Widgets (core ipywidgets only; ipywidgets 7.7 and 8), each drawn in its default state at once:
+Widgets (core ipywidgets only; ipywidgets 7.7 and 8), each drawn in its default state at once; each
+displays itself, with a plain figure of that state for a viewer without widgets, and returns its
+widget (:mod:`clipedu.viz.explorers`):
 
 - :func:`temperature_explorer` -- a ``FloatLogSlider`` for tau and an ``IntSlider`` for the row.
 - :func:`similarity_explorer` -- pick an image and see the captions ranked; pick a caption and see
@@ -40,7 +42,6 @@ Sliders use ``continuous_update=False``: a redraw (a matplotlib figure) takes a 
 from __future__ import annotations
 
 import html
-import io
 import math
 import textwrap
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ import torch
 from IPython.display import Image, clear_output, display
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
+from clipedu.viz.explorers import figure_png, show
 from clipedu.viz.images import draw_image, to_display
 
 
@@ -353,14 +355,6 @@ def plot_image_ranking(images: torch.Tensor, ranking: Ranking, own: int | None =
 
 
 # --- widgets ----------------------------------------------------------------------------------------
-def figure_png(fig, dpi: int = 90) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it (so it is not also shown inline)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def _show_png(output, png: bytes) -> None:
     with output:
         clear_output(wait=True)
@@ -421,7 +415,10 @@ def temperature_explorer(
     tau_slider.observe(redraw, names="value")
     row_slider.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([tau_slider, row_slider]), loss_label, readout, plot])
+    box = widgets.VBox([widgets.HBox([tau_slider, row_slider]), loss_label, readout, plot])
+    i = row_slider.value
+    first = temperature_view(sims, i, tau_slider.value, None if positives is None else positives[i])
+    return show(box, plot_temperature_view(first), "temperature explorer")
 
 
 def similarity_explorer(
@@ -472,20 +469,21 @@ def similarity_explorer(
         text_ranking.value = f"<b>top {len(ranking.indices)} of {m} captions for image {i}</b>" + ranking_html(
             ranking, captions, own=own_caption.get(i), fitting=fitting)
 
-    def on_caption(*_):
-        j = caption_menu.value
+    def caption_figure(j):
         ranking = rank_images(image_embeds, text_embeds, j, k)
         fitting = None if relevant is None else relevant[:, j]
-        fig = plot_image_ranking(images, ranking, own=owner[j], fitting=fitting,
-                                 title=f"top {len(ranking.indices)} of {n} images for: {_short(captions[j], 60, 1)}")
-        _show_png(images_plot, figure_png(fig))
+        return plot_image_ranking(images, ranking, own=owner[j], fitting=fitting,
+                                  title=f"top {len(ranking.indices)} of {n} images for: {_short(captions[j], 60, 1)}")
+
+    def on_caption(*_):
+        _show_png(images_plot, figure_png(caption_figure(caption_menu.value)))
 
     image_slider.observe(on_image, names="value")
     caption_menu.observe(on_caption, names="value")
     on_image()
     on_caption()
     header = widgets.HTML
-    return widgets.VBox([
+    box = widgets.VBox([
         header("<b>image &rarr; texts</b>: which captions does the model find closest to this image?"),
         image_slider,
         widgets.HBox([image_plot, text_ranking]),
@@ -493,3 +491,5 @@ def similarity_explorer(
         caption_menu,
         images_plot,
     ])
+    # a viewer without widgets shows the text -> images pane, the one that is a figure
+    return show(box, caption_figure(caption_menu.value), "similarity explorer")

@@ -12,8 +12,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import display
 from matplotlib.lines import Line2D
+
+from clipedu.viz.explorers import show
 
 PROJECTION_TITLES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 
@@ -99,15 +100,18 @@ def projection_explorer(points: dict, labels: dict, names: dict, modality=None, 
     attribute_menu = widgets.Dropdown(options=list(labels), value=attribute or next(iter(labels)),
                                       description="colour by")
 
-    def draw(method, attribute):
+    def figure(method, attribute):
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
         plot_projection(points[method], labels[attribute], names[attribute], modality, ax,
                         title=f"{PROJECTION_TITLES.get(method, method)}, coloured by {attribute}",
                         palette=palettes.get(attribute))
         fig.tight_layout()
+        return fig
+
+    def draw(method, attribute):
+        figure(method, attribute)
         plt.show()
 
     out = widgets.interactive_output(draw, {"method": method_menu, "attribute": attribute_menu})
     box = widgets.VBox([widgets.HBox([method_menu, attribute_menu]), out])
-    display(box)
-    return box
+    return show(box, figure(method_menu.value, attribute_menu.value), "projection explorer")

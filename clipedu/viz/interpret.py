@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
 
 from clipedu.data import check_uint8_images, to_float
 from clipedu.interpret import METHODS, attention_map, cls_attention, stack_attentions, vision_attentions, vision_tower
+from clipedu.viz.explorers import show
 from clipedu.viz.images import draw_image, to_display
 
 METHOD_TITLES = {"attention": "CLS attention", "rollout": "attention rollout", "relevancy": "relevancy"}
@@ -106,7 +106,7 @@ def attention_explorer(model, images: torch.Tensor, tokenizer, captions: Sequenc
     caption = widgets.Combobox(value=captions[0], options=list(captions), description="caption",
                                ensure_option=False, continuous_update=False)
 
-    def draw(index, method, layer, head, caption):
+    def figure(index, method, layer, head, caption):
         kwargs = {}
         if method == "relevancy":
             kwargs["texts"] = tokenizer([caption], context_length=context, truncate=True)
@@ -122,11 +122,13 @@ def attention_explorer(model, images: torch.Tensor, tokenizer, captions: Sequenc
             title = f"relevancy: {caption!r}"
         plot_map(images[index], values, axes[1], title=title, smooth=smooth, colorbar=True)
         fig.tight_layout()
+        return fig
+
+    def draw(**values):
+        figure(**values)
         plt.show()
 
-    out = widgets.interactive_output(
-        draw, {"index": picker, "method": chooser, "layer": layer, "head": head, "caption": caption}
-    )
+    controls = {"index": picker, "method": chooser, "layer": layer, "head": head, "caption": caption}
+    out = widgets.interactive_output(draw, controls)
     box = widgets.VBox([widgets.HBox([picker, chooser]), widgets.HBox([layer, head]), caption, out])
-    display(box)
-    return box
+    return show(box, figure(**{k: c.value for k, c in controls.items()}), "attention explorer")

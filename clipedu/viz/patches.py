@@ -10,9 +10,9 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from IPython.display import display
 
 from clipedu.patches import patchify
+from clipedu.viz.explorers import show
 from clipedu.viz.images import draw_image
 
 
@@ -142,10 +142,15 @@ def patch_size_widget(image: torch.Tensor, default: int | None = None):
     slider = widgets.SelectionSlider(options=sizes, value=default, description="patch size",
                                      continuous_update=False)
 
-    def draw(patch_size):
+    def figure(patch_size):
         info = patch_grid_info(size, patch_size, image.shape[0])
         fig, ax = plt.subplots(figsize=(3.6, 3.6))
         plot_patch_grid(image, patch_size, ax=ax, numbers=info["grid"] <= 8)
+        return fig
+
+    def draw(patch_size):
+        info = patch_grid_info(size, patch_size, image.shape[0])
+        figure(patch_size)
         plt.show()
         print(f"{info['num_patches']} patches of {info['patch_dim']} numbers; the transformer reads "
               f"{info['sequence_length']} tokens (with CLS); attention compares "
@@ -153,5 +158,4 @@ def patch_size_widget(image: torch.Tensor, default: int | None = None):
 
     out = widgets.interactive_output(draw, {"patch_size": slider})
     box = widgets.VBox([slider, out])
-    display(box)
-    return box
+    return show(box, figure(slider.value), "patch size explorer")

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
 
 from clipedu.text import TextTransformer, check_tokens
+from clipedu.viz.explorers import show
 
 
 @torch.no_grad()
@@ -107,10 +107,14 @@ def causal_widget(model: TextTransformer, tokenizer, caption: str, words: Sequen
                                continuous_update=False)
     menu = widgets.Dropdown(options=list(words), value=list(words)[0], description="new word")
 
-    def draw(position, word):
+    def figure(position, word):
         fig, ax = plt.subplots(figsize=(9, 3))
         _, diffs = causal_demo(model, tokenizer, caption, position, word, ax=ax)
         fig.tight_layout()
+        return fig, diffs
+
+    def draw(position, word):
+        _, diffs = figure(position, word)
         plt.show()
         before = diffs["causal (CLIP)"][:position]
         print(f"causal: largest change before position {position}: {before.max().item():.1f}; "
@@ -118,5 +122,4 @@ def causal_widget(model: TextTransformer, tokenizer, caption: str, words: Sequen
 
     out = widgets.interactive_output(draw, {"position": slider, "word": menu})
     box = widgets.VBox([widgets.HBox([slider, menu]), out])
-    display(box)
-    return box
+    return show(box, figure(slider.value, menu.value)[0], "causal mask explorer")
