@@ -96,7 +96,8 @@ class PatchEmbedding(nn.Module):
     def __init__(self, patch_size: int, width: int, channels: int = 3):
         super().__init__()
         self.patch_size = patch_size
-        # No bias, as in CLIP: ln_pre right after would cancel a shared offset anyway.
+        # No bias, as in CLIP: the learned position embedding added next would absorb it (a bias adds
+        # one vector to every patch token). ln_pre does not: LayerNorm removes each token's scalar mean.
         self.proj = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

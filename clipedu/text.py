@@ -7,7 +7,8 @@
       -> x[b, eot_index[b]]      (B, D)      the end-of-text token has seen the whole caption
       -> @ proj                  (B, E)      into the space shared with images
 
-CLIP's text tower is a decoder-style (GPT-like) transformer used as an encoder: the causal mask
+CLIP's text tower is a causally masked encoder: GPT's causal mask, but no language-model objective
+(the CLIP paper keeps the mask so a pre-trained language model could initialise it). The mask
 means the only token that has read the whole caption is the last one, ``<eot>``, so its output is
 the caption's embedding. A useful consequence: padding after ``<eot>`` can never change it.
 

@@ -1,5 +1,6 @@
 """Badges, setup cells, stripping and student versions."""
 
+import re
 import shutil
 import subprocess
 
@@ -25,9 +26,10 @@ def _notebook(name="01_demo.ipynb", repo=course.REPOSITORY):
         {"cell_type": "code", "metadata": {}, "execution_count": 6, "outputs": [],
          "source": "x = 1\n# BEGIN SOLUTION\ny = 2\n# END SOLUTION"},
         {"cell_type": "markdown", "metadata": {}, "source": "## Summary\nDone."},
+        {"cell_type": "markdown", "metadata": {}, "source": "## References\n\n- Someone, 2021, *A paper*, fig. 1."},
     ]
-    return {"cells": cells, "metadata": {"widgets": {"state": {}}, "kernelspec": {"name": "other"}},
-            "nbformat": 4, "nbformat_minor": 5}
+    metadata = {"widgets": {"state": {}}, "kernelspec": {"name": "other"}, "clipedu": {"map": "a demo"}}
+    return {"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
 
 
 def test_badge_points_at_the_notebook_itself():
@@ -162,3 +164,142 @@ def test_new_notebook_skeleton_keeps_every_convention():
     assert course.check_notebook(nb, "13_scaling_out.ipynb") == []
     with pytest.raises(ValueError, match="notebook names look like"):
         course.new_notebook("Scaling.ipynb", "x")
+
+
+# --- the course map, "next" links and study time ---------------------------------------------------
+def _course(n=3):
+    """n synced demo notebooks, 00 with a course-map cell."""
+    notebooks = {}
+    for i in range(n):
+        name = f"{i:02d}_demo_{i}.ipynb"
+        nb = course.strip_notebook(_notebook(name))
+        course.set_source(nb["cells"][0], course.source(nb["cells"][0]).replace("# 01 · Demo", f"# {i:02d} · Demo {i}"))
+        notebooks[name] = nb
+    table = {"cell_type": "markdown", "metadata": {}, "source": "| # | notebook |"}
+    notebooks["00_demo_0.ipynb"]["cells"].insert(2, table)
+    return notebooks
+
+
+def test_next_links_and_the_map_follow_the_notebook_list():
+    notebooks = _course()
+    entries = course.synced(notebooks)
+    assert [e.name for e in entries] == ["00_demo_0.ipynb", "01_demo_1.ipynb", "02_demo_2.ipynb"]
+    first, last = notebooks["00_demo_0.ipynb"], notebooks["02_demo_2.ipynb"]
+    assert course.source(first["cells"][-1]).endswith("**Next:** [01 · Demo 1](01_demo_1.ipynb)")
+    assert course.source(first["cells"][0]).endswith("**Next:** [01 · Demo 1](01_demo_1.ipynb)")
+    assert course.source(first["cells"][-1]).startswith("## References\n\n- Someone")  # hand-written part kept
+    assert "this is the last notebook" in course.source(last["cells"][-1])
+    table = course.source(first["cells"][2])
+    assert table.startswith(course.MAP_HEADER) and table.count("\n| 0") == 3 and "[Demo 2](02_demo_2.ipynb)" in table
+    assert course.generated_problems(notebooks) == {}
+    # a hand edit of a generated line is found, and sync is idempotent
+    cell = notebooks["01_demo_1.ipynb"]["cells"][-1]
+    course.set_source(cell, course.source(cell).replace("02_demo_2", "00_demo_0"))
+    assert list(course.generated_problems(notebooks)) == ["01_demo_1.ipynb"]
+    course.synced(notebooks)
+    assert course.generated_problems(notebooks) == {}
+
+
+def test_a_missing_references_cell_is_added_and_then_asks_for_references():
+    notebooks = _course(1)
+    nb = notebooks["00_demo_0.ipynb"]
+    nb["cells"].pop()  # the references
+    course.synced(notebooks)
+    assert course.source(nb["cells"][-1]).startswith("## References\n\n**Next:**")
+    assert "the references cell lists no reference ('- ' items)" in course.check_notebook(nb, "00_demo_0.ipynb")
+
+
+def test_check_reports_stale_next_lines_and_a_missing_map_line():
+    nb = course.strip_notebook(_notebook())
+    nb["cells"][-2]["source"] = "## Summary\nDone.\n\n**Next:** [02 · Old](02_old.ipynb)"
+    del nb["metadata"]["clipedu"]
+    problems = course.check_notebook(nb, "01_demo.ipynb")
+    assert any("outside the title and last cells" in p for p in problems)
+    assert any("no course-map line" in p for p in problems)
+
+
+def test_study_time_follows_the_stated_rule():
+    nb = course.strip_notebook(_notebook())
+    words = 450
+    nb["cells"].insert(2, {"cell_type": "markdown", "metadata": {}, "source": " ".join(["word"] * words)})
+    base = course.words_read(course.strip_notebook(_notebook()))
+    entry = course.course_entries({"01_demo.ipynb": nb})[0]
+    assert entry.words == base + words and entry.exercises == 2
+    # reading rounds up to whole minutes, the total up to 5 minutes
+    reading = -(-(base + words) // course.READING_WPM)
+    assert entry.reading_minutes == reading
+    assert entry.study_minutes == 5 * -(-(reading + 2 * course.MINUTES_PER_EXERCISE) // 5)
+    # solutions are not read (the student version stubs them), the setup cell is not counted
+    assert "return 2 * x" not in " ".join(course.source(c) for c in course.student_notebook(nb)["cells"])
+    long_setup = course.strip_notebook(_notebook())
+    course.set_source(long_setup["cells"][1], course.source(long_setup["cells"][1]) + " extra" * 500)
+    assert course.words_read(long_setup) == base
+    assert str(course.READING_WPM) in course.STUDY_RULE and str(course.MINUTES_PER_EXERCISE) in course.STUDY_RULE
+
+
+def test_the_real_course_map_reaches_every_notebook():
+    paths = course.notebook_paths()
+    notebooks = {p.name: course.load(p) for p in paths}
+    assert course.generated_problems(notebooks, glossary=course.read_glossary()) == {}
+    # follow the "next" links from 00: every notebook is reached, in order, and the last says so
+    seen, name = [], paths[0].name
+    while True:
+        seen.append(name)
+        last = course.source(notebooks[name]["cells"][-1])
+        found = re.search(r"\*\*Next:\*\* \[[^]]*\]\((\d\d_\w+\.ipynb)\)", last)
+        if not found:
+            assert "this is the last notebook" in last
+            break
+        name = found.group(1)
+    assert seen == [p.name for p in paths]
+    assert "13_scaling_out.ipynb" in seen
+    assert "(13_scaling_out.ipynb)" in course.source(notebooks["12_real_clip_weights.ipynb"]["cells"][-1])
+    table = next(course.source(c) for c in notebooks[paths[0].name]["cells"]
+                 if course.source(c).startswith(course.MAP_HEADER))
+    assert all(f"]({p.name})" in table for p in paths)
+
+
+def test_readme_syllabus_is_generated_and_current():
+    readme = (course.ROOT / "README.md").read_text()
+    assert "<!-- syllabus:start -->" in readme and "<!-- syllabus:end -->" in readme
+    paths = course.notebook_paths()
+    entries = course.course_entries({p.name: course.load(p) for p in paths})
+    assert course.readme_text(readme, paths, entries) == readme
+    block = readme.split("<!-- syllabus:start -->")[1].split("<!-- syllabus:end -->")[0]
+    assert course.STUDY_RULE in block
+    assert all(f"(notebooks/{p.name}) | {e.words:,} |" in block for p, e in zip(paths, entries))
+    assert course.check_all() == {}
+
+
+def test_glossary_terms_are_listed_where_first_used():
+    glossary = ("# Glossary\n\n### Nats\n\n*Also:* nat\n\nUnits.\n\n### Prefix-LM\n\n*Also:* prefix LM; prefix-LMs\n\n"
+                "A mask.\n\n### Recall@K\n\nA rate.\n")
+    terms = course.glossary_terms(glossary)
+    assert [(t.name, t.spellings, t.anchor) for t in terms] == [
+        ("Nats", ("Nats", "nat"), "nats"), ("Prefix-LM", ("Prefix-LM", "prefix LM", "prefix-LMs"), "prefix-lm"),
+        ("Recall@K", ("Recall@K",), "recallk")]
+    notebooks = _course()
+    for name, text in (("01_demo_1.ipynb", "A loss of ln 2 nats; a PREFIX LM."),
+                       ("02_demo_2.ipynb", "More nats; natsu; recall@KK")):
+        notebooks[name]["cells"].insert(2, {"cell_type": "markdown", "metadata": {}, "source": text})
+    uses = course.first_uses(notebooks, terms)
+    assert {k: [t.name for t in v] for k, v in uses.items()} == {
+        "00_demo_0.ipynb": [], "01_demo_1.ipynb": ["Nats", "Prefix-LM"], "02_demo_2.ipynb": []}  # whole words only
+    course.synced(notebooks, glossary=glossary)
+    title = course.source(notebooks["01_demo_1.ipynb"]["cells"][0])
+    assert "**New terms** (defined in the [glossary](GLOSSARY.md)): [Nats](GLOSSARY.md#nats), " \
+           "[Prefix-LM](GLOSSARY.md#prefix-lm)." in title
+    assert "**New terms**: none here" in course.source(notebooks["00_demo_0.ipynb"]["cells"][0])
+    # the generated line does not count as a use, so syncing again changes nothing
+    assert course.generated_problems(notebooks, glossary=glossary) == {}
+    assert course.generated_problems(notebooks) != {}  # without the glossary the lines would go
+
+
+def test_every_glossary_term_is_used_and_the_required_ones_are_there():
+    terms = course.glossary_terms(course.read_glossary())
+    names = {t.name.lower() for t in terms} | {s.lower() for t in terms for s in t.spellings}
+    for needed in ("nats", "label smoothing", "l-bfgs", "multinomial logistic regression", "mutual information",
+                   "svd", "prefix-lm", "infonce", "temperature", "modality gap", "linear probe", "zero-shot",
+                   "cls token", "eot pooling", "causal mask"):
+        assert needed in names, needed
+    assert "GLOSSARY.md" not in course.check_all()

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from clipedu import CLIP, preset
 from clipedu.data import ShapesWorld, build_tokenizer
 from clipedu.evaluate import (
+    clip_paper_search,
     confusion_matrix,
     encode_texts,
     few_shot_indices,
@@ -102,6 +103,46 @@ def test_linear_probe_bad_inputs():
         linear_probe(np.zeros((4, 3)), np.array([0, 1, 0, 1]), np.zeros((2, 5)), np.array([0, 1]))
     with pytest.raises(ValueError, match="at least two classes"):
         linear_probe(np.zeros((4, 3)), np.zeros(4), np.zeros((2, 3)), np.zeros(2))
+
+
+def test_clip_paper_search_walks_the_96_step_grid_to_the_peak():
+    """The search finds the best of the 97 values 10**(k/8) with about 15 scores, for any peak."""
+    grid = 10.0 ** (-np.arange(-48, 49) / 8)  # C = 1 / lambda, lambda from 1e-6 to 1e6
+    for peak in (-48, -37, -3, 0, 21, 48):
+        calls = []
+
+        def score(c, peak=peak, calls=calls):
+            calls.append(c)
+            return -abs(-np.log10(c) * 8 - peak)  # unimodal in log lambda, best at lambda = 10**(peak/8)
+
+        best, tried = clip_paper_search(score)
+        assert best == pytest.approx(grid[peak + 48]), peak
+        assert len(calls) == len(set(calls)) == len(tried) <= 7 + 2 * 4
+        assert all(np.isclose(grid, c).any() for c in tried)  # only grid values are tried
+    assert min(tried) == pytest.approx(1e-6) and max(tried) == pytest.approx(1e6)  # the two ends
+
+
+def test_clip_paper_search_breaks_ties_towards_lambda_one():
+    best, tried = clip_paper_search(lambda c: 1.0)
+    assert best == 1.0 and len(tried) == 7 + 2 * 4
+    best, tried = clip_paper_search(lambda c: float(c <= 1e-5))  # a plateau at lambda >= 1e5
+    assert best == pytest.approx(1e-5) and len(tried) == 7 + 4 + 3  # the grid's end cuts neighbours
+
+
+def test_linear_probe_clip_paper_protocol():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 10)) * 3
+    y = rng.integers(0, 4, 400)
+    x = centres[y] + rng.normal(size=(400, 10))
+    result = linear_probe(x[:300], y[:300], x[300:], y[300:], protocol="clip-paper", cs=(123.0,))
+    assert result.accuracy > 0.95
+    assert 123.0 not in result.validation and 7 <= len(result.validation) <= 15  # cs ignored
+    assert result.best_c in result.validation and result.validation[result.best_c] == max(result.validation.values())
+    # without standardisation the probe depends on the features' scale; the course's does not
+    course = [linear_probe(s * x[:300], y[:300], s * x[300:], y[300:]).best_c for s in (1.0, 1000.0)]
+    assert course[0] == course[1]
+    with pytest.raises(ValueError, match='protocol must be "course" or "clip-paper", got \'paper\''):
+        linear_probe(x[:300], y[:300], x[300:], y[300:], protocol="paper")
 
 
 def test_few_shot_indices_take_k_per_class():

@@ -2,7 +2,8 @@
 versions.
 
     python tools/course.py set-repo OWNER/NAME [--branch main]   # a fork's badges work at once
-    python tools/course.py sync       # rewrite every badge, setup cell, the README's notebook map,
+    python tools/course.py sync       # rewrite every badge, setup cell, study time, "next" link, notebook
+                                      # 00's course map, the README's notebook and syllabus tables,
                                       # CITATION.cff and student/
     python tools/course.py strip      # drop outputs (except # NBVAL_CHECK_OUTPUT cells), widget state
     python tools/course.py student    # student/: each solution replaced by a stub (committed, on Colab)
@@ -18,9 +19,12 @@ empty). This file needs only the standard library, so it runs before clipedu is 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
@@ -116,13 +120,205 @@ def code_cells(nb: dict) -> list[dict]:
     return [c for c in nb["cells"] if c["cell_type"] == "code"]
 
 
+# --- the course as a list: map, "next" links, study time ---------------------------------------
+# Study time is what a student spends reading and doing, not what the computer spends running
+# (that is the title cell's "Runtime"). The rule: every whitespace-separated word a student reads,
+# markdown and code, in the student version (each solution replaced by its stub; the title cell and
+# the generated setup cell not counted), read at READING_WPM words a minute, plus
+# MINUTES_PER_EXERCISE for each exercise cell (a BEGIN SOLUTION block); the total is rounded up to
+# 5 minutes.
+READING_WPM = 200
+MINUTES_PER_EXERCISE = 10
+STUDY_RULE = (
+    f"Study time = the words a student reads (markdown and code of the student version, without the "
+    f"title and setup cells) at {READING_WPM} words a minute, plus {MINUTES_PER_EXERCISE} minutes per "
+    f"exercise, rounded up to 5 minutes. It does not include the time the cells take to run (each "
+    f"notebook's \"Runtime\")."
+)
+STUDY_PREFIX = "**Study time:**"
+NEXT_PREFIX = "**Next:**"
+REFERENCES_HEADING = "## References"
+MAP_HEADER = "| # | notebook | what you build or see | study time |"
+MAP_KEY = "clipedu"  # notebook metadata: {"clipedu": {"map": "one line for the course map"}}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One notebook as the course map sees it."""
+
+    name: str
+    title: str
+    blurb: str
+    words: int
+    exercises: int
+
+    @property
+    def number(self) -> str:
+        return self.name[:2]
+
+    @property
+    def reading_minutes(self) -> int:
+        return math.ceil(self.words / READING_WPM)
+
+    @property
+    def exercise_minutes(self) -> int:
+        return self.exercises * MINUTES_PER_EXERCISE
+
+    @property
+    def study_minutes(self) -> int:
+        return 5 * math.ceil((self.reading_minutes + self.exercise_minutes) / 5)
+
+    def link(self) -> str:
+        return f"[{self.number} · {self.title}]({self.name})"
+
+
+def words_read(nb: dict) -> int:
+    """Words a student reads in ``nb``: its student version without the title and setup cells."""
+    student = student_notebook(copy.deepcopy(nb))
+    cells = student["cells"][1:]
+    setup = next((c for c in cells if c["cell_type"] == "code"), None)
+    return sum(len(source(c).split()) for c in cells if c is not setup and c["cell_type"] in ("markdown", "code"))
+
+
+def map_blurb(nb: dict) -> str:
+    return nb.get("metadata", {}).get(MAP_KEY, {}).get("map", "")
+
+
+def course_entries(notebooks: dict[str, dict]) -> list[Entry]:
+    """The course in order, from notebooks keyed by file name."""
+    return [
+        Entry(name, title_of(nb), map_blurb(nb), words_read(nb), sum(BEGIN in source(c) for c in code_cells(nb)))
+        for name, nb in sorted(notebooks.items())
+    ]
+
+
+def study_line(entry: Entry) -> str:
+    return (
+        f"{STUDY_PREFIX} about {entry.study_minutes} min: {entry.reading_minutes} min of reading "
+        f"({entry.words:,} words) and {entry.exercises} exercises at {MINUTES_PER_EXERCISE} min each "
+        f"(the rule is in the README's syllabus)."
+    )
+
+
+def next_line(entries: list[Entry], name: str) -> str:
+    names = [e.name for e in entries]
+    i = names.index(name)
+    if i + 1 < len(entries):
+        return f"{NEXT_PREFIX} {entries[i + 1].link()}"
+    return f"{NEXT_PREFIX} this is the last notebook; the [course map]({entries[0].name}) lists them all."
+
+
+def course_map(entries: list[Entry]) -> str:
+    """Notebook 00's table of every notebook."""
+    rows = [MAP_HEADER, "| --- | --- | --- | --- |"]
+    for e in entries:
+        rows.append(f"| {e.number} | [{e.title}]({e.name}) | {e.blurb} | {e.study_minutes} min |")
+    return "\n".join(rows)
+
+
+def syllabus_table(entries: list[Entry]) -> str:
+    """The README's syllabus: study time per notebook, and the rule that gives it."""
+    rows = [STUDY_RULE, "", "| # | notebook | words | reading | exercises | study time |",
+            "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for e in entries:
+        rows.append(f"| {e.number} | [{e.title}](notebooks/{e.name}) | {e.words:,} | {e.reading_minutes} min "
+                    f"| {e.exercises} × {MINUTES_PER_EXERCISE} min | {e.study_minutes} min |")
+    total = sum(e.study_minutes for e in entries)
+    rows.append(f"| | **the course** | {sum(e.words for e in entries):,} | "
+                f"{sum(e.reading_minutes for e in entries)} min | {sum(e.exercises for e in entries)} | "
+                f"**{total} min** (about {total / 60:.0f} h) |")
+    return "\n".join(rows)
+
+
+# --- the glossary: each notebook's title cell lists the terms it is the first to use --------------
+GLOSSARY = "GLOSSARY.md"  # in notebooks/
+TERMS_PREFIX = "**New terms**"
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str  # the heading
+    spellings: tuple[str, ...]  # the name and its "*Also:*" spellings
+
+    @property
+    def anchor(self) -> str:
+        """GitHub's anchor for the heading: lower case, punctuation dropped, spaces to hyphens."""
+        return re.sub(r"[^\w\- ]", "", self.name.lower()).replace(" ", "-")
+
+    def pattern(self) -> re.Pattern:
+        words = "|".join(re.escape(s) for s in sorted(self.spellings, key=len, reverse=True))
+        return re.compile(rf"(?<![\w-])(?:{words})(?![\w-])", re.I)
+
+
+def glossary_terms(text: str) -> list[Term]:
+    """The entries of GLOSSARY.md: ``### Name`` headings, each optionally followed by a line
+    ``*Also:* other; spellings``."""
+    terms = []
+    for block in re.split(r"^### ", text, flags=re.M)[1:]:
+        lines = block.strip().splitlines()
+        name = lines[0].strip()
+        also = next((ln for ln in lines[1:] if ln.strip()), "")
+        spellings = [name]
+        if also.startswith("*Also:*"):
+            spellings += [x.strip() for x in also[len("*Also:*"):].split(";") if x.strip()]
+        terms.append(Term(name, tuple(spellings)))
+    return terms
+
+
+def _reading_text(nb: dict) -> str:
+    """The markdown a student reads, without the generated glossary line itself."""
+    texts = [source(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    return "\n\n".join(p for t in texts for p in t.split("\n\n") if not p.startswith(TERMS_PREFIX))
+
+
+def first_uses(notebooks: dict[str, dict], terms: list[Term]) -> dict[str, list[Term]]:
+    """For each notebook (in course order), the glossary terms no earlier notebook used."""
+    found, seen = {}, set()
+    for name in sorted(notebooks):
+        text = _reading_text(notebooks[name])
+        new = [t for t in terms if t.name not in seen and t.pattern().search(text)]
+        seen.update(t.name for t in new)
+        found[name] = new
+    return found
+
+
+def terms_line(terms: list[Term]) -> str:
+    if not terms:
+        return f"{TERMS_PREFIX}: none here; the [glossary]({GLOSSARY}) has every term of the course."
+    links = ", ".join(f"[{t.name}]({GLOSSARY}#{t.anchor})" for t in terms)
+    return f"{TERMS_PREFIX} (defined in the [glossary]({GLOSSARY})): {links}."
+
+
+def _with_study_line(title: str, lines: list[str]) -> str:
+    paragraphs = [p for p in title.split("\n\n") if not p.startswith((STUDY_PREFIX, TERMS_PREFIX))]
+    # after the runtime; without one, before the closing "Builds on ... Next" paragraph
+    default = len(paragraphs) - 1 if len(paragraphs) > 1 and NEXT_PREFIX in paragraphs[-1] else len(paragraphs)
+    at = next((i + 1 for i, p in enumerate(paragraphs) if p.startswith("**Runtime:**")), default)
+    return "\n\n".join(paragraphs[:at] + lines + paragraphs[at:])
+
+
+def _with_next_line(text: str, line: str, separator: str) -> str:
+    """``text`` up to its "next" line (dropped) followed by ``line``. An existing "next" keeps its
+    place: after " · " on the same paragraph, or as a paragraph of its own; ``separator`` is for a
+    text without one."""
+    found = re.search(r"(\s*)(·\s*)?\*\*Next:\*\*", text)
+    if found:
+        separator = "\n\n" if "\n\n" in found.group(1) and not found.group(2) else " · "
+        text = text[: found.start()]
+    return f"{text.rstrip()}{separator}{line}"
+
+
 # --- sync: badges, setup cells, README ----------------------------------------------------------
 _BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 
 
 def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str = BRANCH,
-                  folder: str = "notebooks") -> dict:
-    """The title cell's badge (opening ``folder/name`` on Colab) and the setup cell, regenerated."""
+                  folder: str = "notebooks", entries: list[Entry] | None = None,
+                  new_terms: list[Term] | None = None) -> dict:
+    """Rewrite what is generated in ``nb``: the badge (opening ``folder/name`` on Colab), the setup
+    cell and, given the course's ``entries``, the title cell's study time, glossary terms
+    (``new_terms``, when a glossary is given) and "next" link, the last cell's "next" link (after
+    the references; the cell is added when missing) and, in notebook 00, the course map."""
     first = nb["cells"][0]
     if first["cell_type"] != "markdown":
         raise ValueError(f"{name}: the first cell must be the markdown title cell")
@@ -134,6 +330,22 @@ def sync_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: str
     if not cells or not source(cells[0]).startswith(SETUP_FIRST_LINE):
         raise ValueError(f"{name}: the first code cell must be the setup cell starting {SETUP_FIRST_LINE!r}")
     set_source(cells[0], setup_cell_source(repository, branch))
+    if entries is None:
+        return nb
+    entry = next(e for e in entries if e.name == name)
+    nxt = next_line(entries, name)
+    lines = [study_line(entry)] + ([] if new_terms is None else [terms_line(new_terms)])
+    text = _with_study_line(source(first), [])  # without the generated lines
+    set_source(first, _with_study_line(_with_next_line(text, nxt, "\n\n"), lines))
+    last = nb["cells"][-1]
+    if last["cell_type"] != "markdown" or not source(last).startswith(REFERENCES_HEADING):
+        last = {"cell_type": "markdown", "metadata": {}, "source": REFERENCES_HEADING}
+        nb["cells"].append(last)
+    set_source(last, _with_next_line(source(last), nxt, "\n\n"))
+    if name == entries[0].name:
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown" and source(cell).startswith(MAP_HEADER.split(" what")[0]):
+                set_source(cell, course_map(entries))
     return nb
 
 
@@ -160,18 +372,52 @@ def readme_table(paths: list[Path], repository: str = REPOSITORY, branch: str = 
     return "\n".join(rows)
 
 
+README_BLOCKS = ("notebooks", "syllabus")
+
+
+def _replace_block(text: str, key: str, body: str) -> str:
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def readme_text(text: str, paths: list[Path], entries: list[Entry], repository: str = REPOSITORY,
+                branch: str = BRANCH) -> str:
+    text = _replace_block(text, "notebooks", readme_table(paths, repository, branch))
+    return _replace_block(text, "syllabus", syllabus_table(entries))
+
+
+def synced(notebooks: dict[str, dict], repository: str = REPOSITORY, branch: str = BRANCH,
+           glossary: str | None = None) -> list[Entry]:
+    """Sync ``notebooks`` (file name -> notebook) in place; returns the course's entries. Two passes:
+    the first adds any missing generated cell, the second counts the words with every cell there.
+    ``glossary`` is the text of GLOSSARY.md; without it the title cells get no terms line."""
+    terms = None if glossary is None else glossary_terms(glossary)
+    for _ in range(2):
+        entries = course_entries(notebooks)
+        uses = None if terms is None else first_uses(notebooks, terms)
+        for name, nb in notebooks.items():
+            sync_notebook(nb, name, repository, branch, entries=entries, new_terms=None if uses is None else uses[name])
+    return course_entries(notebooks)
+
+
+def read_glossary(root: Path = ROOT) -> str | None:
+    path = root / "notebooks" / GLOSSARY
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
 def sync(repository: str = REPOSITORY, branch: str = BRANCH, root: Path = ROOT) -> None:
     paths = notebook_paths(root / "notebooks")
+    notebooks = {p.name: load(p) for p in paths}
+    entries = synced(notebooks, repository, branch, read_glossary(root))
     for p in paths:
-        save(sync_notebook(load(p), p.name, repository, branch), p)
+        save(notebooks[p.name], p)
     readme = root / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    start, end = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{readme_table(paths, repository, branch)}\n{end}{tail}"
-        readme.write_text(text, encoding="utf-8")
+    readme.write_text(readme_text(readme.read_text(encoding="utf-8"), paths, entries, repository, branch),
+                      encoding="utf-8")
     citation = root / "CITATION.cff"
     if citation.exists():
         citation.write_text(citation_text(citation.read_text(encoding="utf-8"), repository), encoding="utf-8")
@@ -221,7 +467,7 @@ def new_notebook(name: str, title: str) -> dict:
     cells = [
         md(f"{badge(name)}\n\n# {number} · {title}\n\n**What you will learn**\n\n- ...\n- ...\n\n"
            "**Runtime:** about ... s on a CPU in fast mode, about ... min on a Colab GPU in full mode.\n\n"
-           "**Builds on:** ... · **Next:** ..."),
+           "**Builds on:** ..."),
         code(setup_cell_source()),
         md("## 1. ...\n\nA short paragraph, then a small cell and a result you can see."),
         code("# (B, N, D)"),
@@ -229,9 +475,11 @@ def new_notebook(name: str, title: str) -> dict:
         code(exercise),
         md("### Your turn 2\n\n..."),
         code(exercise.replace("first", "second")),
-        md("## Summary\n\n- ...\n\n**Next:** ..."),
+        md("## Summary\n\n- ..."),
+        md(f"{REFERENCES_HEADING}\n\n- Author et al., year, *Title*, section, figure: what it backs."),
     ]
-    return strip_notebook({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    metadata = {MAP_KEY: {"map": f"what notebook {number} builds, in one line"}}
+    return strip_notebook({"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5})
 
 
 # --- strip: what gets committed -----------------------------------------------------------------
@@ -320,7 +568,7 @@ STUDENT_NOTE = ("*Student version: each \"Your turn\" cell is a stub that raises
 def student_version(path: Path, repository: str = REPOSITORY, branch: str = BRANCH) -> dict:
     """The committed student version of the notebook at ``path``: stripped, each solution a stub,
     its badge opening itself on Colab, and a line under the badge pointing at the solutions."""
-    nb = sync_notebook(student_notebook(strip_notebook(load(path))), path.name, repository, branch, STUDENT)
+    nb = sync_notebook(student_notebook(strip_notebook(load(path))), path.name, repository, branch, folder=STUDENT)
     title = source(nb["cells"][0])
     own = badge(path.name, repository, branch, STUDENT)
     note = STUDENT_NOTE.format(url=colab_url(path.name, repository, branch))
@@ -455,19 +703,52 @@ def check_notebook(nb: dict, name: str, repository: str = REPOSITORY, branch: st
     exercises = sum(BEGIN in source(c) for c in code)
     if exercises < 2:
         problems.append(f"{exercises} exercises (BEGIN SOLUTION blocks); at least 2 expected")
+    markdown = [source(c) for c in cells if c["cell_type"] == "markdown"]
+    if not any(text.startswith("## Summary") for text in markdown):
+        problems.append("no markdown cell starting '## Summary'")
     last = cells[-1]
-    if last["cell_type"] != "markdown" or "summary" not in source(last).lower():
-        problems.append("last cell is not a markdown summary")
+    if last["cell_type"] != "markdown" or not source(last).startswith(REFERENCES_HEADING):
+        problems.append(f"last cell is not a markdown cell starting {REFERENCES_HEADING!r}")
+    elif not re.search(r"^- ", source(last), flags=re.M):
+        problems.append("the references cell lists no reference ('- ' items)")
+    if any(NEXT_PREFIX in text for text in markdown[1:-1]):
+        problems.append(f"{NEXT_PREFIX} outside the title and last cells (they are generated; run sync)")
+    if not map_blurb(nb):
+        problems.append(f'no course-map line in the notebook metadata ({{"{MAP_KEY}": {{"map": "..."}}}})')
     return problems
+
+
+def generated_problems(notebooks: dict[str, dict], repository: str = REPOSITORY, branch: str = BRANCH,
+                       glossary: str | None = None) -> dict[str, list[str]]:
+    """Where a notebook differs from what ``sync`` would write (badge, setup cell, study time, the
+    glossary terms, the "next" links, the course map)."""
+    want = copy.deepcopy(notebooks)
+    try:
+        synced(want, repository, branch, glossary)
+    except ValueError as err:
+        return {"(sync)": [str(err)]}
+    found = {}
+    for name, nb in notebooks.items():
+        have_cells, want_cells = nb["cells"], want[name]["cells"]
+        diff = [i for i, (a, b) in enumerate(zip(have_cells, want_cells)) if source(a) != source(b)]
+        if len(have_cells) != len(want_cells):
+            diff.append(len(have_cells))
+        if diff:
+            found[name] = [f"generated text out of date in cell(s) {diff} (run `python tools/course.py sync`)"]
+    return found
 
 
 def check_all(root: Path = ROOT) -> dict[str, list[str]]:
     readme = (root / "README.md").read_text(encoding="utf-8")
     repository, branch = read_settings(root)
+    paths = notebook_paths(root / "notebooks")
+    notebooks = {p.name: load(p) for p in paths}
+    glossary = read_glossary(root)
+    generated = generated_problems(notebooks, repository, branch, glossary)
     found = {}
     student = student_problems(root)
-    for p in notebook_paths(root / "notebooks"):
-        problems = check_notebook(load(p), p.name, repository, branch)
+    for p in paths:
+        problems = check_notebook(notebooks[p.name], p.name, repository, branch) + generated.get(p.name, [])
         if f"notebooks/{p.name}" not in readme:
             problems.append("not listed in README.md (run `python tools/course.py sync`)")
         if p.name in student:
@@ -477,6 +758,18 @@ def check_all(root: Path = ROOT) -> dict[str, list[str]]:
     for name, problem in student.items():
         if problem == "no such notebook":
             found[f"{STUDENT}/{name}"] = [f"{problem} in notebooks/ (run `python tools/course.py student`)"]
+    if "(sync)" in generated:
+        found["(sync)"] = generated["(sync)"]
+    if glossary is not None:
+        uses = first_uses(notebooks, glossary_terms(glossary))
+        unused = [t.name for t in glossary_terms(glossary) if not any(t in u for u in uses.values())]
+        if unused:
+            found[GLOSSARY] = [f"terms no notebook uses: {unused}"]
+    if "(sync)" not in generated:
+        want = copy.deepcopy(notebooks)
+        entries = synced(want, repository, branch, glossary)
+        if readme_text(readme, paths, entries, repository, branch) != readme:
+            found["README.md"] = ["the notebook or syllabus table is out of date (run `python tools/course.py sync`)"]
     return found
 
 

@@ -5,7 +5,8 @@
   picture's label. A caption that names no colour, or two, gets the colour wrong.
 - **Retrieval, ITC then ITM**: ITC similarities rank the whole gallery cheaply (one pass per image
   and per text); ITM, which reads image and text together, re-scores only each query's top ``k``
-  candidates, as BLIP-2 does. The re-ranked score is ITM's log-odds of a match plus the ITC cosine.
+  candidates, as BLIP-2 does. The re-ranked score is ITM's log-odds of a match plus the ITC cosine
+  (the course's choice; BLIP-2's reference code adds the ITM head's match logit instead).
 """
 
 from __future__ import annotations

@@ -5,12 +5,16 @@ Three objectives share one Q-Former and differ in the attention mask (:mod:`clip
 - **ITC**, image-text contrastive (unimodal mask). Each query output is projected and normalised;
   a caption is its first token's output (``<sot>``, in the role of BERT's [CLS]), projected and
   normalised. The image-text similarity is the *largest* of the Q query-text cosines, scaled by a
-  learnable 1/temperature, and the loss is CLIP's symmetric cross-entropy. Pairs that are really
+  learnable 1/temperature, and the loss is CLIP's symmetric cross-entropy. The temperature is kept
+  as CLIP's ``logit_scale`` (log 1/temperature, clamped at ln 100): the course's choice. BLIP-2's
+  reference code learns ``temp`` itself (initialised at 0.07), divides by it and clamps it to
+  [0.001, 0.5]. Pairs that are really
   the same (two pictures with one description) are positives, not negatives.
 - **ITM**, image-text matching (bidirectional mask). A binary classifier on the query outputs,
   its two logits averaged over the queries, says match or no match. Easy negatives teach nothing,
   so each image gets a *hard* negative caption drawn with probability softmax(ITC similarity), and
-  each caption a hard negative image the same way; positives are never drawn.
+  each caption a hard negative image the same way; positives are never drawn. (BLIP-2's reference
+  code zeroes only the pair itself; zeroing duplicates too is the course's addition.)
 - **ITG**, image-grounded text generation (multimodal causal mask). The caption's first token is
   replaced by [DEC] and every text position predicts the next token. The text cannot see the
   image, only the queries, so the queries must carry what the caption says.
@@ -194,7 +198,8 @@ class Blip2Stage1(nn.Module):
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
-        """Keep 1/temperature in [1, 100], as CLIP does (BLIP-2 clamps its temperature to [0.001, 0.5])."""
+        """Keep 1/temperature in [1, 100], as CLIP does: the course's choice (BLIP-2's reference code
+        clamps its temperature ``temp`` to [0.001, 0.5])."""
         self.logit_scale.clamp_(0.0, self.cfg.max_logit_scale)
 
     # -- ITM ------------------------------------------------------------------------------------------
@@ -204,7 +209,10 @@ class Blip2Stage1(nn.Module):
         return self.itm_head(out.query_output).mean(dim=1)
 
     def itm_score(self, image_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,) log-odds of "match" for frozen tokens (B, N, C) and texts (B, T), for re-ranking."""
+        """(B,) log-odds of "match" for frozen tokens (B, N, C) and texts (B, T), for re-ranking.
+
+        The course's score: match logit minus no-match logit. BLIP-2's reference code re-ranks with
+        the match logit alone (averaged over the queries)."""
         logits = self.itm_logits(self.image_embeds(image_features), tokens).float()
         return logits[:, 1] - logits[:, 0]
 
