@@ -6,7 +6,7 @@ The command line (``clipedu train``) and notebooks that train their own variants
 model, hard negatives) go through it too, so a run is named, seeded, saved and reloaded in one
 way everywhere:
 
-    runs/<dataset>-<name>[-fast]/checkpoint.pt      e.g. runs/shapes-tiny-fast/checkpoint.pt
+    runs/<dataset>-<name>[-fast|-cpu]/checkpoint.pt      e.g. runs/shapes-tiny-fast/checkpoint.pt
 
 A model is a preset name (``"tiny"``, ``"small"``) or a :class:`~clipedu.config.CLIPConfig`;
 either way its text tower is fitted to the tokenizer built from the training captions
@@ -27,7 +27,7 @@ from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, preset
 from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
 from clipedu.loop import History, TrainConfig
-from clipedu.runtime import is_fast, pick_device, runs_dir, seed_everything
+from clipedu.runtime import pick_device, resolve_mode, runs_dir, seed_everything
 from clipedu.tokenizer import WordTokenizer
 from clipedu.train import Trainer
 
@@ -46,21 +46,24 @@ class Run:
     loaded: bool  # True when it came from an existing checkpoint instead of training
 
 
-def default_train_config(preset_name: str = "tiny", fast: bool | None = None, **overrides) -> TrainConfig:
-    """The recipe for a preset, shrunk in fast mode (CI and laptop CPUs).
+def default_train_config(preset_name: str = "tiny", fast: bool | None = None, mode: str | None = None,
+                         **overrides) -> TrainConfig:
+    """The recipe for a preset in a mode (:func:`clipedu.runtime.mode` unless given).
 
-    tiny: 1,500 steps of batch 128 (about 5 minutes on a 2-core CPU, under a minute on a GPU);
-    fast mode: 150 steps. small: 4,000 steps of batch 256 on a GPU; fast mode: 40 steps.
+    tiny, batch 128 at 2e-3: 1,500 steps in full mode (seconds on a GPU), 1,200 in cpu mode (about
+    2 minutes on a 2-core CPU), 450 in fast mode (under a minute). small: 4,000 steps of batch 256
+    on a GPU; 40 steps of batch 64 in fast and cpu mode (the small preset is a GPU model).
+    ``fast`` is the older switch: True means ``mode="fast"``.
     """
-    fast = is_fast() if fast is None else fast
+    mode = resolve_mode(mode, fast)
     if preset_name == "tiny":
-        base = dict(steps=150, warmup_steps=30) if fast else dict(steps=1500, warmup_steps=75)
-        base.update(batch_size=128, lr=2e-3)
+        steps, warmup = {"fast": (450, 30), "cpu": (1200, 50), "full": (1500, 75)}[mode]
+        base = dict(steps=steps, warmup_steps=warmup, batch_size=128, lr=2e-3)
     elif preset_name == "small":
-        if fast:
-            base = dict(steps=40, warmup_steps=8, batch_size=64)
-        else:
+        if mode == "full":
             base = dict(steps=4000, warmup_steps=200, batch_size=256)
+        else:
+            base = dict(steps=40, warmup_steps=8, batch_size=64)
         base.update(lr=1e-3, augment=True)
     else:
         raise ValueError(f"no training recipe for preset {preset_name!r}; expected 'tiny' or 'small'")
@@ -68,26 +71,29 @@ def default_train_config(preset_name: str = "tiny", fast: bool | None = None, **
     return TrainConfig(**base)
 
 
-def training_data(dataset: str = "shapes", fast: bool | None = None) -> CaptionedImages:
+def training_data(dataset: str = "shapes", fast: bool | None = None, mode: str | None = None) -> CaptionedImages:
     """A dataset's training split, with fewer ShapesWorld pictures in fast mode."""
-    fast = is_fast() if fast is None else fast
-    return get_dataset(dataset, "train", **({"n": FAST_SHAPES_IMAGES} if fast and dataset.startswith("shapes") else {}))
+    small = resolve_mode(mode, fast) == "fast" and dataset.startswith("shapes")
+    return get_dataset(dataset, "train", **({"n": FAST_SHAPES_IMAGES} if small else {}))
 
 
-def run_dir_name(dataset: str, name: str, fast: bool) -> str:
-    """``<dataset>-<name>[-fast]`` with every character that is not a letter or digit made a dash."""
+def run_dir_name(dataset: str, name: str, mode: str | bool) -> str:
+    """``<dataset>-<name>[-fast|-cpu]`` (full mode has no suffix) with every character that is not a
+    letter or digit made a dash. A bool ``mode`` is the older fast flag."""
     safe = lambda s: "".join(ch if ch.isalnum() else "-" for ch in s)  # noqa: E731
-    return f"{safe(dataset)}-{safe(name)}{'-fast' if fast else ''}"
+    if isinstance(mode, bool):  # the older ``fast`` flag
+        mode = "fast" if mode else "full"
+    return f"{safe(dataset)}-{safe(name)}{'' if mode == 'full' else '-' + mode}"
 
 
-def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None) -> Path:
+def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> Path:
     """The run folder :func:`train_or_load` uses for this dataset and model name, in this mode."""
-    return runs_dir() / run_dir_name(dataset, name, is_fast() if fast is None else fast)
+    return runs_dir() / run_dir_name(dataset, name, resolve_mode(mode, fast))
 
 
-def is_trained(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None) -> bool:
+def is_trained(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> bool:
     """True when :func:`run_dir` holds a finished run (so :func:`train_or_load` only loads it)."""
-    checkpoint = run_dir(dataset, name, fast) / CHECKPOINT_NAME
+    checkpoint = run_dir(dataset, name, fast, mode) / CHECKPOINT_NAME
     if not checkpoint.exists():
         return False
     state = load_checkpoint(checkpoint)
@@ -132,6 +138,7 @@ def train_or_load(
     out_dir: str | Path | None = None,
     data: CaptionedImages | None = None,
     fast: bool | None = None,
+    mode: str | None = None,
     device: str | torch.device | None = None,
     retrain: bool = False,
     progress: bool = True,
@@ -152,10 +159,10 @@ def train_or_load(
         raise ValueError("a model config needs a train_config (recipes are per preset: default_train_config('tiny'))")
     if name is None and out_dir is None and not isinstance(model, str):
         raise ValueError("name the run (name=...) or give out_dir=: a model config has no preset name to file it under")
-    fast = is_fast() if fast is None else fast
+    mode = resolve_mode(mode, fast)
     device = torch.device(device) if device is not None else pick_device()
-    train_config = train_config or default_train_config(model, fast)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir(dataset, name or model, fast)
+    train_config = train_config or default_train_config(model, mode=mode)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir(dataset, name or model, mode=mode)
     checkpoint = out_dir / CHECKPOINT_NAME
     tokenizer = None
     resume = checkpoint.exists() and not retrain
@@ -167,7 +174,7 @@ def train_or_load(
         if state["step"] >= train_config.steps:
             saved = TrainConfig.from_dict(state["train_config"])
             return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
-    data = data if data is not None else training_data(dataset, fast)
+    data = data if data is not None else training_data(dataset, mode=mode)
     trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,
                           eval_fn=eval_fn)
     history = trainer.fit(resume=resume, progress=progress, callback=callback)

@@ -1,8 +1,16 @@
-"""Where the course runs: device, fast mode, seeds, Colab, and the folders for data and runs.
+"""Where the course runs: device, mode, seeds, Colab, and the folders for data and runs.
 
 Every notebook starts with ``rt = clipedu.runtime.setup()``. It picks the best device, seeds every
-random number generator, decides between fast mode (CPU/CI: small data, few steps) and full mode
-(a GPU: the real experiment), and says where data and checkpoints go.
+random number generator, picks the mode that sizes data and training to the machine, and says
+where data and checkpoints go. Three modes:
+
+- ``fast``: continuous integration; each notebook in about a minute on a 2-core CPU.
+- ``cpu``: a laptop or a Colab CPU runtime; each notebook within about 5 minutes.
+- ``full``: a GPU; the real experiment, each notebook within about 10 minutes on a T4.
+
+The mode follows the machine: ``fast`` when ``CI`` is set, else ``full`` on a CUDA GPU and ``cpu``
+elsewhere. ``CLIPEDU_MODE=fast|cpu|full`` overrides it; ``CLIPEDU_FAST=1`` still means ``fast``
+(and ``CLIPEDU_FAST=0`` the machine's own mode, even in CI).
 """
 
 from __future__ import annotations
@@ -33,16 +41,53 @@ def _env_flag(name: str) -> bool | None:
     raise ValueError(f"{name} must be one of {sorted(_TRUE | _FALSE - {''})}, got {value!r}")
 
 
-def is_fast() -> bool:
-    """Fast mode shrinks data and training steps so a notebook runs in about a minute on a CPU.
+MODES = ("fast", "cpu", "full")
+MODE_TIME = {
+    "fast": "about a minute per notebook on a 2-core CPU (small data, few steps)",
+    "cpu": "within about 5 minutes per notebook on a laptop CPU",
+    "full": "within about 10 minutes per notebook on a T4 GPU",
+}
 
-    ``CLIPEDU_FAST=1`` turns it on, ``CLIPEDU_FAST=0`` off; when unset it is on whenever ``CI`` is
-    set (continuous integration) and off otherwise.
-    """
+
+def device_mode(device: str | torch.device | None = None) -> str:
+    """The mode a device runs when nothing says otherwise: ``full`` on CUDA, ``cpu`` elsewhere
+    (Apple's MPS included: a laptop's budget)."""
+    device = pick_device() if device is None else torch.device(device)
+    return "full" if device.type == "cuda" else "cpu"
+
+
+def mode(device: str | torch.device | None = None) -> str:
+    """``fast``, ``cpu`` or ``full``: ``CLIPEDU_MODE`` if set, else ``fast`` under ``CLIPEDU_FAST=1``
+    or in CI (``CI`` set and ``CLIPEDU_FAST`` not 0), else the device's own mode (:func:`device_mode`)."""
+    value = os.environ.get("CLIPEDU_MODE", "").strip().lower()
+    if value:
+        if value not in MODES:
+            raise ValueError(f"CLIPEDU_MODE must be one of {', '.join(MODES)}; got {os.environ['CLIPEDU_MODE']!r}")
+        return value
     flag = _env_flag("CLIPEDU_FAST")
-    if flag is not None:
-        return flag
-    return bool(os.environ.get("CI"))
+    if flag or (flag is None and os.environ.get("CI")):
+        return "fast"
+    return device_mode(device)
+
+
+def resolve_mode(mode_: str | None = None, fast: bool | None = None) -> str:
+    """A mode from an explicit ``mode``, else from the older ``fast`` flag (True: ``fast``; False:
+    the machine's mode other than fast), else :func:`mode`."""
+    if mode_ is not None:
+        if mode_ not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode_!r}")
+        return mode_
+    if fast is True:
+        return "fast"
+    found = mode()
+    if fast is False and found == "fast":
+        return device_mode()
+    return found
+
+
+def is_fast() -> bool:
+    """True in fast mode (:func:`mode`), which shrinks data and steps to about a minute a notebook."""
+    return mode() == "fast"
 
 
 def in_colab() -> bool:
@@ -132,18 +177,31 @@ class TorchThreads:
 
 @dataclass
 class Runtime:
-    """What :func:`setup` decided. ``rt.choose(fast=..., full=...)`` picks a size by mode."""
+    """What :func:`setup` decided. ``rt.choose(fast=..., cpu=..., full=...)`` picks a size by mode."""
 
     device: torch.device
-    fast: bool
+    mode: str
     seed: int
     colab: bool
     data_dir: Path
     runs_dir: Path
 
-    def choose(self, *, fast, full):
-        """``fast`` in fast mode, ``full`` otherwise: ``steps = rt.choose(fast=60, full=2000)``."""
-        return fast if self.fast else full
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+
+    @property
+    def fast(self) -> bool:
+        return self.mode == "fast"
+
+    def choose(self, *, fast, full, cpu=None):
+        """The value for this mode: ``steps = rt.choose(fast=60, cpu=300, full=2000)``. Without
+        ``cpu``, cpu mode takes the ``fast`` value (a laptop's budget is closer to CI's than to a GPU's)."""
+        if self.mode == "full":
+            return full
+        if self.mode == "cpu" and cpu is not None:
+            return cpu
+        return fast
 
     def small_model_threads(self) -> TorchThreads:
         """One CPU thread in fast mode on a CPU, where the course's small models train faster on one
@@ -156,10 +214,9 @@ class Runtime:
         gpu = ""
         if self.device.type == "cuda":
             gpu = f" ({torch.cuda.get_device_name(self.device)})"
-        mode = "fast (small data, few steps)" if self.fast else "full"
         return (
-            f"clipedu | device: {self.device}{gpu} | mode: {mode} | seed: {self.seed} | "
-            f"torch {torch.__version__}\n"
+            f"clipedu | device: {self.device}{gpu} | mode: {self.mode}, {MODE_TIME[self.mode]} | "
+            f"seed: {self.seed} | torch {torch.__version__}\n"
             f"data: {self.data_dir}\nruns: {self.runs_dir}"
         )
 
@@ -170,9 +227,10 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Runt
     Returns a :class:`Runtime`. On Colab without a GPU it says how to switch one on.
     """
     seed_everything(seed)
+    chosen = pick_device(device)
     rt = Runtime(
-        device=pick_device(device),
-        fast=is_fast(),
+        device=chosen,
+        mode=mode(chosen),
         seed=seed,
         colab=in_colab(),
         data_dir=data_dir(),
@@ -183,7 +241,7 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Runt
         if rt.colab and rt.device.type == "cpu":
             print(
                 "No GPU in this Colab runtime. For full mode choose Runtime > Change runtime type > "
-                "T4 GPU, then run this cell again. (Fast mode works on the CPU.)"
+                "T4 GPU, then run this cell again. (cpu mode runs every notebook on the CPU, each within about 5 minutes.)"
             )
     return rt
 

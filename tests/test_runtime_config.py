@@ -12,11 +12,63 @@ from clipedu import CLIPConfig, preset, runtime
      ({"CI": "1", "CLIPEDU_FAST": "0"}, False), ({"CLIPEDU_FAST": "yes"}, True)],
 )
 def test_fast_mode_from_environment(monkeypatch, env, expected):
-    monkeypatch.delenv("CI", raising=False)
-    monkeypatch.delenv("CLIPEDU_FAST", raising=False)
+    for name in ("CI", "CLIPEDU_FAST", "CLIPEDU_MODE"):
+        monkeypatch.delenv(name, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert runtime.is_fast() is expected
+
+
+@pytest.mark.parametrize(
+    "env,device,expected",
+    [
+        ({}, "cpu", "cpu"),  # a laptop
+        ({}, "cuda", "full"),  # a GPU
+        ({}, "mps", "cpu"),  # Apple's GPU: a laptop's budget
+        ({"CI": "1"}, "cuda", "fast"),  # CI sizes every notebook to a minute, whatever the device
+        ({"CI": "1", "CLIPEDU_FAST": "0"}, "cpu", "cpu"),
+        ({"CLIPEDU_FAST": "1"}, "cuda", "fast"),
+        ({"CLIPEDU_MODE": "full"}, "cpu", "full"),  # the user's word wins
+        ({"CLIPEDU_MODE": " CPU ", "CI": "1"}, "cuda", "cpu"),
+        ({"CLIPEDU_MODE": "fast", "CLIPEDU_FAST": "0"}, "cpu", "fast"),
+    ],
+)
+def test_mode_follows_the_device_unless_told(monkeypatch, env, device, expected):
+    for name in ("CI", "CLIPEDU_FAST", "CLIPEDU_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(runtime, "pick_device", lambda prefer=None: torch.device(device))
+    assert runtime.mode() == expected
+    assert runtime.is_fast() is (expected == "fast")
+
+
+def test_unknown_mode_is_an_error(monkeypatch):
+    monkeypatch.setenv("CLIPEDU_MODE", "turbo")
+    with pytest.raises(ValueError, match=r"CLIPEDU_MODE must be one of fast, cpu, full; got 'turbo'"):
+        runtime.mode()
+    with pytest.raises(ValueError, match=r"mode must be one of fast, cpu, full; got 'gpu'"):
+        runtime.resolve_mode("gpu")
+
+
+def test_resolve_mode_keeps_the_older_fast_flag(monkeypatch):
+    for name in ("CI", "CLIPEDU_FAST", "CLIPEDU_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runtime, "pick_device", lambda prefer=None: torch.device("cpu"))
+    assert runtime.resolve_mode("full", fast=True) == "full"  # an explicit mode wins
+    assert runtime.resolve_mode(fast=True) == "fast"
+    assert runtime.resolve_mode(fast=False) == "cpu"
+    monkeypatch.setenv("CI", "1")
+    assert runtime.resolve_mode() == "fast" and runtime.resolve_mode(fast=False) == "cpu"
+
+
+def test_choose_picks_by_mode(tmp_path):
+    rt = lambda m: runtime.Runtime(torch.device("cpu"), m, 0, False, tmp_path, tmp_path)  # noqa: E731
+    assert [rt(m).choose(fast=1, cpu=2, full=3) for m in runtime.MODES] == [1, 2, 3]
+    assert rt("cpu").choose(fast=1, full=3) == 1  # no cpu value: the fast one
+    assert rt("cpu").fast is False and rt("fast").fast is True
+    with pytest.raises(ValueError, match="mode must be one of fast, cpu, full; got 'quick'"):
+        rt("quick")
 
 
 def test_bad_fast_flag_is_an_error(monkeypatch):
@@ -54,7 +106,7 @@ def test_overrides_route_to_the_right_tower():
     cfg = preset("tiny", vision_width=64, text_layers=5, patch_size=4, vocab_size=99, embed_dim=32)
     assert cfg.vision.width == 64 and cfg.text.layers == 5 and cfg.vision.patch_size == 4
     assert cfg.text.vocab_size == 99 and cfg.embed_dim == 32
-    assert preset("tiny").vision.width == 128  # presets are not mutated
+    assert preset("tiny").vision.width == 96  # presets are not mutated
 
 
 def test_config_from_dict_rejects_junk():
@@ -78,11 +130,11 @@ def test_small_model_threads_is_one_thread_only_in_fast_mode_on_a_cpu(tmp_path):
     from clipedu.runtime import Runtime
 
     before = torch.get_num_threads()
-    fast_cpu = Runtime(torch.device("cpu"), True, 0, False, tmp_path, tmp_path)
+    fast_cpu = Runtime(torch.device("cpu"), "fast", 0, False, tmp_path, tmp_path)
     with fast_cpu.small_model_threads():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    full_cpu = Runtime(torch.device("cpu"), False, 0, False, tmp_path, tmp_path)
+    full_cpu = Runtime(torch.device("cpu"), "cpu", 0, False, tmp_path, tmp_path)
     with full_cpu.small_model_threads():
         assert torch.get_num_threads() == before
     once = fast_cpu.small_model_threads()  # called without `with`: in effect until restore()

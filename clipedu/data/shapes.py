@@ -120,19 +120,23 @@ class ShapesWorld:
 
     @property
     def templates(self) -> dict[str, list[str]]:
-        """Prompt templates per attribute, phrased in the captions' own words.
+        """Prompt templates per attribute: whole descriptions in the captions' canonical words.
 
-        An attribute's prompts are averaged over the other attribute (colour prompts over every
-        shape: "the red circle", "the red square", ...), CLIP's prompt-ensembling idea.
+        A prompt names every attribute, as a caption does ("a small red {} in the top left"), and an
+        attribute's class vector averages its prompts over every value of the others (CLIP's prompt
+        ensembling, here marginalising what the prompt does not ask about). Prompts that name only
+        the attribute ("the {}") are shorter than any training caption and score worse: the text
+        tower never saw a caption without a size, a shape and a place.
         """
         if self.num_objects == 2:
             return {}  # "the red circle" does not say which of two objects; use the swapped captions
+        sizes, colours, shapes, places = self.SIZES, self.COLOURS, self.SHAPES, self.POSITIONS
         return {
-            "shape": ["the {}"] + [f"the {c} {{}}" for c in self.COLOURS],
-            "colour": [f"the {{}} {s}" for s in self.SHAPES],
-            "size": [f"the {{}} {s}" for s in self.SHAPES],
-            "position": [f"the {s} in the {{}}" for s in self.SHAPES],
-            "colour_shape": ["the {}", "a photo of the {}"],
+            "shape": [f"a {z} {c} {{}} in the {p}" for z in sizes for c in colours for p in places],
+            "colour": [f"a {z} {{}} {s} in the {p}" for z in sizes for s in shapes for p in places],
+            "size": [f"a {{}} {c} {s} in the {p}" for c in colours for s in shapes for p in places],
+            "position": [f"a {z} {c} {s} in the {{}}" for z in sizes for c in colours for s in shapes],
+            "colour_shape": [f"a {z} {{}} in the {p}" for z in sizes for p in places],
         }
 
     def combination_prompts(self, template: str = "the {colour} {shape}") -> tuple[list[str], list[tuple]]:
