@@ -241,7 +241,8 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Runt
         if rt.colab and rt.device.type == "cpu":
             print(
                 "No GPU in this Colab runtime. For full mode choose Runtime > Change runtime type > "
-                "T4 GPU, then run this cell again. (cpu mode runs every notebook on the CPU, each within about 5 minutes.)"
+                "T4 GPU, then run this cell again. (cpu mode runs every notebook on the CPU, each within "
+                "about 5 minutes.)"
             )
     return rt
 
