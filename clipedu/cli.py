@@ -333,8 +333,9 @@ def _load_run(run: str):
     return path if path.is_dir() else path.parent, model, tokenizer, state
 
 
-def _data_problem(dataset: str, exc: Exception) -> CLIError:
-    return CLIError(f"--dataset {dataset}: {exc}" if not str(exc).startswith(dataset) else str(exc))
+def _data_problem(dataset: str, exc: Exception, asked: bool) -> CLIError:
+    """``asked``: the user named the dataset (--dataset); else it is the one the run was trained on."""
+    return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}")
 
 
 def cmd_eval(args) -> int:
@@ -343,7 +344,7 @@ def cmd_eval(args) -> int:
     try:
         metrics = report(model, tokenizer, dataset, n=args.n)
     except (ValueError, OSError, RuntimeError) as exc:  # data that is not there, or that this model cannot read
-        raise _data_problem(dataset, exc) from None
+        raise _data_problem(dataset, exc, asked=args.dataset is not None) from None
     _print_table(f"evaluation of {out_dir} on {dataset}", metrics)
     _write_metrics(out_dir, "eval", metrics)
     return 0
@@ -355,7 +356,7 @@ def cmd_probe(args) -> int:
     try:
         metrics, sizes = _probe(model, dataset, args.n)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise _data_problem(dataset, exc) from None
+        raise _data_problem(dataset, exc, asked=False) from None
     _print_table(f"linear probes on {dataset} ({sizes[0]} train, {sizes[1]} test images)", metrics)
     _write_metrics(out_dir, "probe", metrics)
     return 0

@@ -188,6 +188,17 @@ def test_an_unreadable_captions_file_is_one_line(place, capsys):
     assert _tree(place["tmp"]) == before
 
 
+def test_eval_on_data_it_cannot_read_is_one_line_and_writes_nothing(place, capsys):
+    folder = Path(place["tmp"]) / "pictures"
+    folder.mkdir()
+    (folder / "captions.csv").write_text("picture,words\na.png,a red circle\n")
+    before = _tree(place["tmp"], place["run"])
+    code, err = _run(["eval", place["run"], "--dataset", f"folder:{folder}"], capsys)
+    assert code == 2, err
+    _assert_one_line(err, [f"--dataset folder:{folder}: ", "captions.csv"])
+    assert _tree(place["tmp"], place["run"]) == before  # no metrics.json
+
+
 def test_a_checkpoint_of_another_kind_is_one_line(place, capsys):
     other = Path(place["tmp"]) / "weights.pt"
     torch.save({"model": {"w": torch.zeros(2)}}, other)
