@@ -32,6 +32,7 @@ import torch.distributed as dist
 from clipedu import __version__
 from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from clipedu.clip import CLIP
+from clipedu.config import CLIPConfig
 from clipedu.data import DATASET_NAMES, get_dataset
 from clipedu.distributed import (
     broadcast_object,
@@ -45,12 +46,14 @@ from clipedu.loop import TrainConfig
 from clipedu.runs import (
     default_train_config,
     estimate_steps,
+    model_config,
     model_from_checkpoint,
     run_dir,
     train_or_load,
     training_data,
 )
 from clipedu.runtime import is_fast, pick_device
+from clipedu.tokenizer import WordTokenizer
 from clipedu.viz.training import plot_history
 
 EXIT_BAD_INPUT = 2
@@ -261,18 +264,24 @@ def _train(args) -> int:
     try:
         device = pick_device(args.device)
     except ValueError as exc:
-        raise CLIError(f"--device: {exc}; this machine has {', '.join(_available_devices())}") from None
+        raise CLIError(f"--device: {exc}; valid here: {', '.join(_available_devices())}") from None
     state = None
     try:
         if args.resume:
             state = load_checkpoint(checkpoint)
             if state["dataset"].split("-")[0] != args.dataset.split(":")[0] and not args.dataset.startswith("folder:"):
                 raise CLIError(f"{out_dir} was trained on {state['dataset']!r}, not {args.dataset!r}")
+            asked = model_config(args.preset, WordTokenizer.from_dict(state["tokenizer"]))
+            if CLIPConfig.from_dict(state["config"]) != asked:
+                raise CLIError(f"--preset {args.preset}: {out_dir} holds a run of another model config; resume it "
+                               "with the --preset it was trained with")
         base = TrainConfig.from_dict(state["train_config"]) if state else default_train_config(args.preset, fast)
         _check_recipe(args, base, int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1)
         cfg = _train_config(args, fast, state)
-    except (ValueError, KeyError) as exc:  # KeyError: a checkpoint without its recipe
-        raise CLIError(f"{exc}") from None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    except KeyError as exc:
+        raise CLIError(f"--resume: {checkpoint} has no {exc} entry (written by another version of clipedu?)") from None
 
     # Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); one GPU per process.
     info = init_from_env(device.type)

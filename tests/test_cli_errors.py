@@ -124,6 +124,7 @@ CASES = [
     ("train --out {out} --resume", ["--resume", "nothing to resume"]),
     ("train --out {run} --resume --minutes 1", ["--minutes", "resumed run keeps its number of steps"]),
     ("train --out {run}", ["already holds a run", "--resume"]),
+    ("train --out {run} --resume --preset small", ["--preset small", "another model config"]),
     ("train --out {file}", ["--out", "is a file, not a folder"]),
     ("train --out {file}/sub", ["--out", "notes.txt is a file"]),
     ("train --resume", ["--resume", "nothing to resume", "shapes-tiny"]),
