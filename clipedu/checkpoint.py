@@ -38,7 +38,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise ValueError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a text file, a truncated download, a pickle of arbitrary code ...
+        # ... fail in many ways inside torch.load (UnpicklingError, RuntimeError, EOFError, IndexError)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a clipedu checkpoint: torch.load cannot read it ({reason[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a clipedu checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return state

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -26,29 +29,159 @@ import matplotlib
 import torch
 import torch.distributed as dist
 
+from clipedu import __version__
 from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from clipedu.clip import CLIP
+from clipedu.config import CLIPConfig
 from clipedu.data import DATASET_NAMES, get_dataset
-from clipedu.distributed import broadcast_object, current, init_from_env
+from clipedu.distributed import (
+    broadcast_object,
+    current,
+    first_problem,
+    init_from_env,
+    launched_by_torchrun,
+)
 from clipedu.evaluate import encode_images, linear_probe, pixel_features, report
 from clipedu.loop import TrainConfig
 from clipedu.runs import (
     default_train_config,
     estimate_steps,
+    model_config,
     model_from_checkpoint,
     run_dir,
     train_or_load,
     training_data,
 )
 from clipedu.runtime import is_fast, pick_device
+from clipedu.tokenizer import WordTokenizer
 from clipedu.viz.training import plot_history
 
 EXIT_BAD_INPUT = 2
 TRAINABLE_PRESETS = ("tiny", "small")  # the presets with a recipe in clipedu.runs.default_train_config
+KNOWN_DATASETS = DATASET_NAMES[:-1]  # and folder:PATH
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 class CLIError(Exception):
-    """A problem with what the user asked for: printed as one message, exit status 2."""
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit status 2, like CLIError's."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+# --- what each option takes, checked while parsing (before any work) ---------------------------------
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str | None:
+    """``auto`` (None: the best available), or a device the CLI can train on."""
+    if text == "auto":
+        return None
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected {DEVICES}, got {text!r}")
+    return text
+
+
+def _available_devices() -> list[str]:
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def _dataset(text: str) -> str:
+    if text in KNOWN_DATASETS:
+        return text
+    if text.startswith("folder:"):
+        path = text[len("folder:"):]
+        if not path.strip():
+            raise argparse.ArgumentTypeError("folder: needs a path after it, e.g. folder:/data/pictures")
+        if not Path(path).exists():
+            raise argparse.ArgumentTypeError(f"no folder or captions file at {path!r}")
+        return text
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; expected one of {', '.join(KNOWN_DATASETS)} "
+                                     "or folder:PATH")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The run folder must be a folder we can create and write, found out now rather than after training."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"--out: {out_dir} is a file, not a folder")
+    parent = out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"--out: cannot make the folder {out_dir}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out: cannot write in {parent}")
+
+
+def _check_recipe(args, base: TrainConfig, world_size: int) -> None:
+    """The batch must split among processes and into micro-batches (said with the options' names).
+    ``base``: the recipe the options change (the checkpoint's when resuming, else the preset's)."""
+    batch = args.batch_size or base.batch_size
+    accum = args.accum_steps or base.accum_steps
+    said = f"--batch-size {batch}" + (" (the recipe's)" if args.batch_size is None else "")
+    if batch % world_size:
+        raise CLIError(f"{said} does not divide among {world_size} processes; choose a multiple of {world_size}")
+    if (batch // world_size) % accum:
+        per_process = f" ({batch // world_size} per process)" if world_size > 1 else ""
+        raise CLIError(f"{said}{per_process} does not split into --accum-steps {accum} equal micro-batches; "
+                       f"choose a batch size that is a multiple of {accum * world_size}")
+
+
+def _check_data(args, cfg: TrainConfig, data) -> None:
+    if cfg.batch_size > len(data):
+        raise CLIError(f"--batch-size {cfg.batch_size} is larger than the training data of {args.dataset} "
+                       f"({len(data)} images); choose at most {len(data)}")
+    if cfg.hard_negatives and data.hard_negatives is None:
+        raise CLIError(f"--hard-negatives needs data with swapped captions (shapes2); {args.dataset} has none")
+
+
+def _on_every_rank(step):
+    """``step()`` on every process. If it fails on any, every process raises the same CLIError (the
+    lowest failing rank's message), instead of the others waiting for it in their next collective.
+    An unexpected exception (a bug, not a mistake in the input) keeps its traceback on its rank."""
+    try:
+        result, own = step(), None
+    except Exception as exc:  # noqa: BLE001 - every process must reach first_problem below
+        result, own = None, exc
+    problem = first_problem(None if own is None else (_one_line(str(own)) or type(own).__name__))
+    if own is not None and not isinstance(own, (CLIError, ValueError, OSError, RuntimeError)):
+        raise own
+    if problem is not None:
+        raise CLIError(problem) from None
+    return result
 
 
 def _print_table(title: str, metrics: dict[str, float]) -> None:
@@ -113,12 +246,13 @@ def _train_config(args, fast: bool, state: dict | None) -> TrainConfig:
 
 def _train(args) -> int:
     matplotlib.use("Agg")  # the training curves go to a file
-    if args.preset not in TRAINABLE_PRESETS:
-        raise CLIError(f"unknown or untrainable preset {args.preset!r}; expected 'tiny' or 'small'")
-    if not (args.dataset in DATASET_NAMES[:-1] or args.dataset.startswith("folder:")):
-        raise CLIError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
+    # Everything that can be checked without the process group is checked before joining it, so a
+    # mistake stops every process at once with the same message.
+    if args.minutes is not None and args.resume:
+        raise CLIError("--minutes: a resumed run keeps its number of steps; pass --steps to change it")
     fast = is_fast() if args.fast is None else args.fast
     out_dir = Path(args.out) if args.out else run_dir(args.dataset, args.preset, fast)
+    _check_out_dir(out_dir)
     checkpoint = out_dir / CHECKPOINT_NAME
     if args.resume and not checkpoint.exists():
         raise CLIError(f"--resume: nothing to resume in {out_dir} (no {CHECKPOINT_NAME})")
@@ -130,24 +264,38 @@ def _train(args) -> int:
     try:
         device = pick_device(args.device)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    # Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); one GPU per process.
-    info = init_from_env(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    say = print if info.is_main else (lambda *args, **kwargs: None)
-
+        raise CLIError(f"--device: {exc}; valid here: {', '.join(_available_devices())}") from None
     state = None
     try:
         if args.resume:
             state = load_checkpoint(checkpoint)
             if state["dataset"].split("-")[0] != args.dataset.split(":")[0] and not args.dataset.startswith("folder:"):
                 raise CLIError(f"{out_dir} was trained on {state['dataset']!r}, not {args.dataset!r}")
+            asked = model_config(args.preset, WordTokenizer.from_dict(state["tokenizer"]))
+            if CLIPConfig.from_dict(state["config"]) != asked:
+                raise CLIError(f"--preset {args.preset}: {out_dir} holds a run of another model config; resume it "
+                               "with the --preset it was trained with")
+        base = TrainConfig.from_dict(state["train_config"]) if state else default_train_config(args.preset, fast)
+        _check_recipe(args, base, int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1)
         cfg = _train_config(args, fast, state)
-        data = _main_first(lambda: training_data(args.dataset, fast))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
-    if args.minutes is not None and args.steps is None and state is None:
+    except KeyError as exc:
+        raise CLIError(f"--resume: {checkpoint} has no {exc} entry (written by another version of clipedu?)") from None
+
+    # Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); one GPU per process.
+    info = init_from_env(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    say = print if info.is_main else (lambda *args, **kwargs: None)
+
+    def load_data():
+        data = _main_first(lambda: training_data(args.dataset, fast))
+        _check_data(args, cfg, data)
+        return data
+
+    data = _on_every_rank(load_data)  # a dataset one process cannot read stops them all
+    if args.minutes is not None:
         steps = estimate_steps(args.preset, data, cfg, device, seconds=args.minutes * 60)
         steps = broadcast_object(steps)  # rank 0's clock decides: every process runs as many steps
         cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
@@ -166,7 +314,7 @@ def _train(args) -> int:
     try:
         run = train_or_load(args.dataset, args.preset, cfg, out_dir=out_dir, data=data, device=device,
                             progress=not args.quiet)
-    except ValueError as exc:  # another model config in the folder, a batch that does not split, ...
+    except ValueError as exc:  # another model config in the folder, ...: found before training starts
         raise CLIError(str(exc)) from None
     if not info.is_main:  # rank 0 alone evaluates, plots and writes
         return 0
@@ -190,14 +338,22 @@ def _load_run(run: str):
     try:
         model, tokenizer, state = model_from_checkpoint(path)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(f"{exc} (RUN is a run folder or its {CHECKPOINT_NAME})") from None
     return path if path.is_dir() else path.parent, model, tokenizer, state
+
+
+def _data_problem(dataset: str, exc: Exception, asked: bool) -> CLIError:
+    """``asked``: the user named the dataset (--dataset); else it is the one the run was trained on."""
+    return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}")
 
 
 def cmd_eval(args) -> int:
     out_dir, model, tokenizer, state = _load_run(args.run)
     dataset = args.dataset or state["dataset"].rsplit("-", 1)[0]
-    metrics = report(model, tokenizer, dataset, n=args.n)
+    try:
+        metrics = report(model, tokenizer, dataset, n=args.n)
+    except (ValueError, OSError, RuntimeError) as exc:  # data that is not there, or that this model cannot read
+        raise _data_problem(dataset, exc, asked=args.dataset is not None) from None
     _print_table(f"evaluation of {out_dir} on {dataset}", metrics)
     _write_metrics(out_dir, "eval", metrics)
     return 0
@@ -206,8 +362,18 @@ def cmd_eval(args) -> int:
 def cmd_probe(args) -> int:
     out_dir, model, tokenizer, state = _load_run(args.run)
     dataset = state["dataset"].rsplit("-", 1)[0]
-    train = get_dataset(dataset, "train", **({"n": args.n, "seed": 7} if dataset.startswith("shapes") else {}))
-    test = get_dataset(dataset, "test", **({"n": args.n // 2, "seed": 8} if dataset.startswith("shapes") else {}))
+    try:
+        metrics, sizes = _probe(model, dataset, args.n)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _data_problem(dataset, exc, asked=False) from None
+    _print_table(f"linear probes on {dataset} ({sizes[0]} train, {sizes[1]} test images)", metrics)
+    _write_metrics(out_dir, "probe", metrics)
+    return 0
+
+
+def _probe(model, dataset: str, n: int):
+    train = get_dataset(dataset, "train", **({"n": n, "seed": 7} if dataset.startswith("shapes") else {}))
+    test = get_dataset(dataset, "test", **({"n": n // 2, "seed": 8} if dataset.startswith("shapes") else {}))
     attributes = [a for a in ("shape", "colour", "size", "position", "class") if a in train.labels]
     torch.manual_seed(0)
     random_encoder = CLIP(model.cfg).eval()
@@ -222,31 +388,35 @@ def cmd_probe(args) -> int:
         for name, (tr, te) in features.items():
             result = linear_probe(tr, train.labels[attribute], te, test.labels[attribute])
             metrics[f"{attribute} / {name}"] = result.accuracy
-    _print_table(f"linear probes on {dataset} ({len(train)} train, {len(test)} test images)", metrics)
-    _write_metrics(out_dir, "probe", metrics)
-    return 0
+    return metrics, (len(train), len(test))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="clipedu", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = _Parser(prog="clipedu", description=__doc__.split("\n")[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+    datasets = f"{', '.join(KNOWN_DATASETS)} or folder:PATH"
 
     t = sub.add_parser("train", help="train a mini-CLIP and report zero-shot accuracy")
-    t.add_argument("--dataset", default="shapes",
+    t.add_argument("--dataset", default="shapes", type=_dataset, metavar="DATASET",
                    help="shapes (default, generated), shapes2 (two objects), cifar10, cifar100, digits, "
-                        "or folder:<path> with captions.csv")
-    t.add_argument("--preset", default="tiny", help="model size: tiny (CPU, default) or small (GPU)")
+                        "or folder:PATH with captions.csv")
+    t.add_argument("--preset", default="tiny", choices=TRAINABLE_PRESETS,
+                   help="model size: tiny (CPU, default) or small (GPU)")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>[-fast])")
-    t.add_argument("--steps", type=int, help="training steps (default: the preset's recipe)")
-    t.add_argument("--minutes", type=float, help="fit the number of steps to this many minutes of training")
-    t.add_argument("--batch-size", type=int,
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_int_at_least(1), help="training steps (default: the preset's recipe)")
+    length.add_argument("--minutes", type=_positive_number,
+                        help="fit the number of steps to this many minutes of training")
+    t.add_argument("--batch-size", type=_int_at_least(1),
                    help="images per step, over all processes under torchrun (default: the recipe's)")
-    t.add_argument("--accum-steps", type=int,
+    t.add_argument("--accum-steps", type=_int_at_least(1),
                    help="split each step's batch into this many micro-batches (less memory, same loss)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    t.add_argument("--seed", type=int, help="random seed (default 0)")
-    t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    t.add_argument("--lr", type=_positive_number, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--seed", type=_int_at_least(0), help="random seed (default 0)")
+    t.add_argument("--device", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default: auto, the best available)")
     t.add_argument("--hard-negatives", action="store_true",
                    help="add each image's swapped caption as an extra negative (two-object data)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -256,24 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot and retrieval metrics of a trained run")
-    e.add_argument("run", help="run folder (or checkpoint file)")
-    e.add_argument("--dataset", help="evaluate on another dataset than the one trained on")
-    e.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
+    e.add_argument("run", metavar="RUN", help="run folder (or its checkpoint file)")
+    e.add_argument("--dataset", type=_dataset, metavar="DATASET",
+                   help=f"evaluate on another dataset than the one trained on: {datasets}")
+    e.add_argument("--n", type=_int_at_least(1), default=1000, help="test images (default 1000)")
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("probe", help="linear probes on frozen features against baselines")
-    p.add_argument("run", help="run folder (or checkpoint file)")
-    p.add_argument("--n", type=int, default=2000, help="training images for the probes (default 2000)")
+    p.add_argument("run", metavar="RUN", help="run folder (or its checkpoint file)")
+    p.add_argument("--n", type=_int_at_least(2), default=2000,
+                   help="training images for the probes, at least 2 (default 2000; half as many test images)")
     p.set_defaults(func=cmd_probe)
     return ap
 
 
 def main(argv=None) -> int:
+    """The ``clipedu`` command. A mistake in the input is one line on stderr and exit status 2,
+    before anything is written: from argparse (a value an option does not take) or a CLIError."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except CLIError as exc:
-        print(f"clipedu {args.command}: error: {exc}", file=sys.stderr)
+        print(f"clipedu {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

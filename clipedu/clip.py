@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipedu.config import CLIPConfig
+from clipedu.config import CLIPConfig, preset, preset_names
 from clipedu.text import TextTransformer, check_tokens, eot_index
 from clipedu.vision import VisionTransformer
 
@@ -140,11 +140,57 @@ class CLIP(nn.Module):
             if unexpected:
                 problems.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if problems:
+            theirs = _sizes_of_weights(state_dict)
+            which = ""
+            if theirs is not None and theirs != _sizes_of_config(self.cfg):
+                ours = _describe_sizes(_sizes_of_config(self.cfg))
+                which = f" it holds a model of {_describe_sizes(theirs)}; this model is {ours}."
             raise ValueError(
-                "state_dict does not fit this model (a checkpoint of another config?):\n  "
+                f"state_dict does not fit this model (a checkpoint of another config?):{which} Build the model "
+                "from the checkpoint's own config (clipedu.runs.model_from_checkpoint does).\n  "
                 + "\n  ".join(problems[:12])
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+# --- naming the config a state_dict was saved from, for the message above ---------------------------
+def _sizes_of_config(cfg: CLIPConfig) -> dict[str, int]:
+    v, t = cfg.vision, cfg.text
+    return {"image_size": v.image_size, "patch_size": v.patch_size, "vision_width": v.width,
+            "vision_layers": v.layers, "text_width": t.width, "text_layers": t.layers, "vocab_size": t.vocab_size,
+            "context_length": t.context_length, "embed_dim": cfg.embed_dim}
+
+
+def _sizes_of_weights(state_dict) -> dict[str, int] | None:
+    """The same sizes read off the weights' shapes (None when they are not a CLIP's)."""
+    try:
+        def layers(tower):
+            prefix = f"{tower}.transformer.blocks."
+            return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+        patch = int(state_dict["vision.patch_embed.proj.weight"].shape[-1])
+        grid = math.isqrt(int(state_dict["vision.pos_embed"].shape[0]) - 1)
+        return {"image_size": grid * patch, "patch_size": patch,
+                "vision_width": int(state_dict["vision.cls_token"].shape[0]), "vision_layers": layers("vision"),
+                "text_width": int(state_dict["text.token_embed.weight"].shape[1]), "text_layers": layers("text"),
+                "vocab_size": int(state_dict["text.token_embed.weight"].shape[0]),
+                "context_length": int(state_dict["text.pos_embed"].shape[0]),
+                "embed_dim": int(state_dict["vision.proj"].shape[1])}
+    except (KeyError, IndexError, AttributeError, ValueError):
+        return None
+
+
+def _describe_sizes(sizes: dict[str, int]) -> str:
+    """``preset 'tiny' (vision width 128, 4 layers, ...)``: the preset whose towers have these sizes
+    (the vocabulary and context length follow the tokenizer, so they are not compared)."""
+    towers = {k: v for k, v in sizes.items() if k not in ("vocab_size", "context_length")}
+    name = next((n for n in preset_names()
+                 if {k: v for k, v in _sizes_of_config(preset(n)).items() if k in towers} == towers), None)
+    s = sizes
+    detail = (f"{s['image_size']}x{s['image_size']} images in patches of {s['patch_size']}, vision width "
+              f"{s['vision_width']} x {s['vision_layers']} layers, text width {s['text_width']} x {s['text_layers']} "
+              f"layers, vocabulary {s['vocab_size']}, context {s['context_length']}, embed_dim {s['embed_dim']}")
+    return f"preset {name!r} ({detail})" if name else f"a custom config ({detail})"
 
 
 def _check_flag(name: str, value) -> None:

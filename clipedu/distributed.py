@@ -220,6 +220,18 @@ def broadcast_object(obj):
     return box[0]
 
 
+def first_problem(problem: str | None) -> str | None:
+    """The lowest rank's ``problem`` that is not None, on every process (``problem`` when not
+    distributed). Every process calls it after a step that may fail on some of them only (reading
+    a file, say), so that all stop with the same message instead of the others waiting forever in
+    their next collective for the one that stopped."""
+    if not current().enabled:
+        return problem
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p is not None), None)
+
+
 def barrier() -> None:
     """Wait for every process (nothing when not distributed)."""
     if current().enabled:

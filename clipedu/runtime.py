@@ -102,9 +102,17 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """
     prefer = prefer or os.environ.get("CLIPEDU_DEVICE")
     if prefer:
-        device = torch.device(prefer)
+        try:
+            device = torch.device(prefer)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"unknown device {prefer!r}; expected cpu, cuda, cuda:N or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} was asked for, but CUDA is not available here")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r} was asked for, but this machine has {torch.cuda.device_count()} "
+                             f"GPUs (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
         if device.type == "mps" and not (torch.backends.mps.is_available()):
             raise ValueError(f"device {prefer!r} was asked for, but MPS is not available here")
         return device

@@ -136,6 +136,11 @@ class Trainer(Loop):
                 f"the tokenizer's end-of-text id is {tokenizer.eot_id}, the model's is "
                 f"{model.cfg.text.eot_token_id}"
             )
+        if isinstance(data, CaptionedImages) and cfg.batch_size > len(data):
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the training data {data.name!r} ({len(data)} images): "
+                f"a step would have no full batch; use TrainConfig(batch_size=...) of at most {len(data)}"
+            )
         if cfg.hard_negatives and data.hard_negatives is None:
             raise ValueError(f"hard_negatives=True needs data with swapped captions; {data.name!r} has none")
         if loss_fn is not None and cfg.hard_negatives:

@@ -263,3 +263,72 @@ def test_get_dataset_unknown_split_and_empty_folder_path():
         get_dataset("shapes", "val", n=4)
     with pytest.raises(ValueError, match="'folder:' needs a path after it"):
         get_dataset("folder:")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("seed", -1, "seed must be a non-negative int, got -1"),
+    ("noise", -1.0, "noise must be a non-negative number of pixel levels, got -1.0"),
+    ("colour_jitter", float("inf"), "colour_jitter must be a non-negative number of pixel levels, got inf"),
+])
+def test_get_dataset_values_out_of_range(option, value, message):
+    from clipedu.data import get_dataset
+
+    with pytest.raises(ValueError, match=message):
+        get_dataset("shapes", n=4, **{option: value})
+
+
+# --- training and checkpoints ----------------------------------------------------------------------
+def test_trainer_with_a_batch_larger_than_the_data(model):
+    from clipedu.data import ShapesWorld, build_tokenizer
+    from clipedu.loop import TrainConfig
+    from clipedu.train import Trainer
+
+    data = ShapesWorld(seed=0).generate(20, "train")
+    tok = build_tokenizer(data)
+    cfg = preset("tiny", vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+                 text_heads=2, embed_dim=16).for_tokenizer(tok)
+    with pytest.raises(ValueError, match=r"batch_size 32 is larger than the training data 'shapes-train' "
+                                         r"\(20 images\).* at most 20"):
+        Trainer(CLIP(cfg), tok, data, TrainConfig(steps=2, batch_size=32, warmup_steps=0), device="cpu")
+
+
+def test_a_checkpoint_of_another_preset_names_both_configs(tmp_path):
+    from clipedu.checkpoint import load_checkpoint, save_checkpoint
+
+    small = CLIP(preset("small", vocab_size=40, context_length=16))
+    save_checkpoint(tmp_path / "checkpoint.pt", {"format": "clipedu-checkpoint-1", "model": small.state_dict()})
+    tiny = CLIP(preset("tiny", vocab_size=40, context_length=16))
+    with pytest.raises(ValueError, match=(
+            r"(?s)it holds a model of preset 'small' \(32x32 images in patches of 4, vision width 256 x 6 layers.*"
+            r"vocabulary 40, context 16.*this model is preset 'tiny' \(32x32 images in patches of 8, vision width "
+            r"128 x 4 layers.*model_from_checkpoint.*vision.cls_token: expected \(128,\), got \(256,\)")):
+        tiny.load_state_dict(load_checkpoint(tmp_path)["model"])
+
+
+def test_a_state_dict_of_another_vocabulary_says_so(model):
+    other = CLIP(preset("tiny", vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+                        text_heads=2, embed_dim=16, vocab_size=60, context_length=12))
+    with pytest.raises(ValueError, match=r"(?s)a custom config \(.*vocabulary 60, .*this model is a custom config "
+                                         r"\(.*vocabulary 50, .*text.token_embed.weight: expected \(50, 32\)"):
+        model.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", b"PK\x03\x04 truncated zip"])
+def test_a_file_that_is_not_a_checkpoint(tmp_path, content):
+    from clipedu.checkpoint import load_checkpoint
+
+    (tmp_path / "notes.pt").write_bytes(content)
+    with pytest.raises(ValueError, match=r"notes.pt is not a clipedu checkpoint: torch.load cannot read it \("):
+        load_checkpoint(tmp_path / "notes.pt")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", r"unknown device 'tpu'; expected cpu, cuda, cuda:N or mps"),
+    ("meta", r"unknown device 'meta'; expected cpu, cuda, cuda:N or mps"),
+    ("cuda:99", r"device 'cuda:99' was asked for, but (CUDA is not available here|this machine has \d+ GPUs)"),
+])
+def test_pick_device_says_which_devices_exist(device, message):
+    from clipedu.runtime import pick_device
+
+    with pytest.raises(ValueError, match=message):
+        pick_device(device)

@@ -85,6 +85,12 @@ class ShapesWorld:
             raise ValueError(f"num_objects must be 1 or 2, got {num_objects!r}")
         if not isinstance(captions_per_image, int) or captions_per_image < 1:
             raise ValueError(f"captions_per_image must be a positive int, got {captions_per_image!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        for name, value in (("noise", noise), ("colour_jitter", colour_jitter)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a non-negative number of pixel levels, "
+                                 f"got {value!r}")
         self.image_size = image_size
         self.num_objects = num_objects
         self.captions_per_image = captions_per_image
