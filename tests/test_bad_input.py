@@ -120,7 +120,7 @@ def test_empty_batch_in_loss():
 
 def test_state_dict_of_another_model(model):
     other = CLIP(preset("tiny", vocab_size=50, context_length=12))
-    with pytest.raises(ValueError, match=r"(?s)another config.*vision.cls_token: expected \(32,\), got \(128,\)"):
+    with pytest.raises(ValueError, match=r"(?s)another config.*vision.cls_token: expected \(32,\), got \(96,\)"):
         model.load_state_dict(other.state_dict())
 
 
@@ -301,7 +301,7 @@ def test_a_checkpoint_of_another_preset_names_both_configs(tmp_path):
     with pytest.raises(ValueError, match=(
             r"(?s)it holds a model of preset 'small' \(32x32 images in patches of 4, vision width 256 x 6 layers.*"
             r"vocabulary 40, context 16.*this model is preset 'tiny' \(32x32 images in patches of 8, vision width "
-            r"128 x 4 layers.*model_from_checkpoint.*vision.cls_token: expected \(128,\), got \(256,\)")):
+            r"96 x 4 layers.*model_from_checkpoint.*vision.cls_token: expected \(96,\), got \(256,\)")):
         tiny.load_state_dict(load_checkpoint(tmp_path)["model"])
 
 
