@@ -250,6 +250,11 @@ def _train(args) -> int:
     # mistake stops every process at once with the same message.
     if args.minutes is not None and args.resume:
         raise CLIError("--minutes: a resumed run keeps its number of steps; pass --steps to change it")
+    csv_options = {"image_key": args.csv_img_key, "caption_key": args.csv_caption_key, "separator": args.csv_separator}
+    csv_options = {k: v for k, v in csv_options.items() if v is not None}
+    if csv_options and not args.dataset.startswith("folder:"):
+        raise CLIError(f"--csv-img-key, --csv-caption-key and --csv-separator describe a folder's captions file; "
+                       f"--dataset is {args.dataset}, expected folder:PATH")
     fast = is_fast() if args.fast is None else args.fast
     out_dir = Path(args.out) if args.out else run_dir(args.dataset, args.preset, fast)
     _check_out_dir(out_dir)
@@ -290,7 +295,10 @@ def _train(args) -> int:
     say = print if info.is_main else (lambda *args, **kwargs: None)
 
     def load_data():
-        data = _main_first(lambda: training_data(args.dataset, fast))
+        if csv_options:  # open_clip's CSV flags: the folder's own columns
+            data = _main_first(lambda: get_dataset(args.dataset, "train", **csv_options))
+        else:
+            data = _main_first(lambda: training_data(args.dataset, fast))
         _check_data(args, cfg, data)
         return data
 
@@ -402,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="shapes", type=_dataset, metavar="DATASET",
                    help="shapes (default, generated), shapes2 (two objects), cifar10, cifar100, digits, "
                         "or folder:PATH with captions.csv")
+    t.add_argument("--csv-img-key", metavar="COLUMN",
+                   help="with folder:PATH, the captions file's column of image paths (open_clip's flag; "
+                        "default: image, or filepath)")
+    t.add_argument("--csv-caption-key", metavar="COLUMN",
+                   help="with folder:PATH, the captions file's column of captions (default: caption, or title)")
+    t.add_argument("--csv-separator", metavar="CHAR",
+                   help="with folder:PATH, the captions file's separator (default: from the file)")
     t.add_argument("--preset", default="tiny", choices=TRAINABLE_PRESETS,
                    help="model size: tiny (CPU, default) or small (GPU)")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>[-fast])")

@@ -189,6 +189,28 @@ def test_an_unreadable_captions_file_is_one_line(place, capsys):
     assert _tree(place["tmp"]) == before
 
 
+def test_open_clip_csv_flags_read_the_folder_own_columns(place, capsys):
+    from PIL import Image
+
+    folder = Path(place["tmp"]) / "pictures"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), "red").save(folder / "a.png")
+    (folder / "captions.csv").write_text("picture,words\na.png,a red square\n")
+    train = ["train", "--out", place["out"], "--dataset", f"folder:{folder}", "--device", "cpu"]
+    before = _tree(place["tmp"])
+    code, err = _run(train + ["--csv-img-key", "nope", "--csv-caption-key", "words"], capsys)
+    assert code == 2, err
+    _assert_one_line(err, ["no column 'nope'", "picture", "words"])
+    # With the right columns the folder is read: what stops it now is its size (one picture).
+    code, err = _run(train + ["--csv-img-key", "picture", "--csv-caption-key", "words"], capsys)
+    assert code == 2, err
+    _assert_one_line(err, ["--batch-size", "larger than the training data"])
+    code, err = _run(["train", "--out", place["out"], "--csv-img-key", "picture"], capsys)
+    assert code == 2, err
+    _assert_one_line(err, ["--csv-img-key", "expected folder:PATH"])
+    assert _tree(place["tmp"]) == before
+
+
 def test_eval_on_data_it_cannot_read_is_one_line_and_writes_nothing(place, capsys):
     folder = Path(place["tmp"]) / "pictures"
     folder.mkdir()
