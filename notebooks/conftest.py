@@ -20,6 +20,18 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EXPLORER = "clipedu-explorer"  # display metadata of an explorer's output (clipedu.viz.explorers)
 
 
+# nbval waits 5 s for a cell's output messages once the kernel has replied; a busy machine (two
+# cores running a notebook's training) can take longer to deliver them, which fails a cell that
+# ran fine. Every cell gets a minute.
+OUTPUT_TIMEOUT = 60
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = OUTPUT_TIMEOUT
+
+
 def _folder() -> Path | None:
     value = os.environ.get("CLIPEDU_SAVE_EXECUTED")
     return Path(value) if value else None
