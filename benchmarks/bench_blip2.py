@@ -91,9 +91,13 @@ def main(argv=None) -> None:
           f"stage 2 {recipe.stage2.steps} | batch {recipe.stage1.batch_size}")
     seconds = {}
 
+    def done(name: str, start: float) -> None:  # one line per stage as it ends: a timeout keeps them
+        seconds[name] = time.perf_counter() - start
+        print(f"  {name}: {seconds[name]:.1f} s", flush=True)
+
     start = time.perf_counter()
     run = train_or_load(fast=encoder_fast, device=device, progress=False)
-    seconds["mini-CLIP (train or load)"] = time.perf_counter() - start
+    done("mini-CLIP (train or load)", start)
     tokenizer = run.tokenizer
     seed_everything(0)
     train = get_dataset("shapes", "train", n=recipe.train_images)
@@ -106,20 +110,23 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     lm = b2.TinyLM(recipe.lm_config(tokenizer)).to(device)
     lm_history = b2.pretrain_language_model(lm, tokenizer, train, recipe.lm, device, progress=False)
-    seconds["tiny LM pretraining"] = time.perf_counter() - start
+    done("tiny LM pretraining", start)
     continued = b2.continue_captions(lm, tokenizer, [c[0] for c in test.captions])
     lm_reads = b2.caption_attribute_accuracy(continued, test)
 
     start = time.perf_counter()
     stage1 = b2.Blip2Stage1(recipe.qformer_config(tokenizer, encoder.width), encoder).to(device)
     h1 = b2.train_stage1(stage1, features["train"], train, tokenizer, recipe.stage1, device, progress=False)
-    seconds["stage 1"] = time.perf_counter() - start
+    done("stage 1", start)
     retrieval = b2.retrieval_comparison(stage1, features["test"], test, tokenizer, k=recipe.retrieval_k)
+    print("  after stage 1, R@1 (%) ITC / ITC+ITM: " + ", ".join(
+        f"{d} {100 * retrieval['ITC'][f'{d} R@1']:.1f} / {100 * retrieval['ITC+ITM'][f'{d} R@1']:.1f}"
+        for d in ("image->text", "text->image")), flush=True)
 
     start = time.perf_counter()
     captioner = b2.Blip2Captioner.from_stage1(stage1, lm)
     h2 = b2.train_stage2(captioner, features["train"], train, tokenizer, recipe.stage2, device, progress=False)
-    seconds["stage 2"] = time.perf_counter() - start
+    done("stage 2", start)
 
     keys = ("shape", "colour", "size", "position", "shape+colour", "all")
     results = {"test, Q-Former's own ITG decoder (stage 1)":
@@ -130,7 +137,7 @@ def main(argv=None) -> None:
         for beams in (1, 3):
             captions = b2.generate_captions(captioner, f, tokenizer, num_beams=beams)
             results[f"{split}, {'greedy' if beams == 1 else '3 beams'}"] = b2.caption_attribute_accuracy(captions, data)
-    seconds["captioning (4 x N images)"] = time.perf_counter() - start
+    done("captioning (4 x N images)", start)
     samples = b2.generate_captions(captioner, features["test"][:3], tokenizer)
 
     if args.baseline:
@@ -138,7 +145,7 @@ def main(argv=None) -> None:
         seed_everything(0)
         scratch = b2.Blip2Captioner(b2.QFormer(stage1.cfg), nn.LayerNorm(encoder.width), lm, encoder).to(device)
         h0 = b2.train_stage2(scratch, features["train"], train, tokenizer, recipe.stage2, device, progress=False)
-        seconds["stage 2 without stage 1"] = time.perf_counter() - start
+        done("stage 2 without stage 1", start)
         captions = b2.generate_captions(scratch, features["test"], tokenizer)
         results["test, greedy, no stage 1"] = b2.caption_attribute_accuracy(captions, test)
 
@@ -154,7 +161,7 @@ def main(argv=None) -> None:
             r = b2.retrieval_comparison(s1, features["test"], test, tokenizer, k=recipe.retrieval_k)
             acc = b2.caption_attribute_accuracy(b2.generate_captions(s1, features["test"], tokenizer), test)
             sweep.append((q, r["ITC"]["text->image R@1"], r["ITC+ITM"]["text->image R@1"], acc))
-        seconds["query sweep"] = time.perf_counter() - start
+        done("query sweep", start)
 
     print()
     print(f"losses at the end: LM {lm_history.last():.3f} | stage 1 itc {h1.last('itc'):.3f} itm {h1.last('itm'):.3f} "

@@ -63,11 +63,13 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
     steps = estimate_steps("tiny", train, cfg, device, seconds=budget, tokenizer=tokenizer)
     cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 5))
     trainer = new_trainer("tiny", train, cfg, tokenizer=tokenizer, device=device)  # seeded with cfg.seed
+    print(f"  budget {budget:.0f} s, seed {seed}: {steps} steps fit, training", flush=True)
     model = trainer.model
     start = time.perf_counter()
     history = trainer.fit(progress=False)
     seconds = time.perf_counter() - start
     model.eval()
+    print(f"  budget {budget:.0f} s, seed {seed}: trained in {seconds:.0f} s, evaluating", flush=True)
 
     out = {"steps": cfg.steps, "seconds": seconds, "final_loss": history.loss[-1]}
     image_embeds = encode_images(model, test)

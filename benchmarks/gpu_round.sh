@@ -81,20 +81,20 @@ step() {
     ARGS[$name]="$(printf '%q ' "$@")${!extra_var:-}"
 }
 
-step machine 25 "the machine and what it has installed" \
+step machine 12 "the machine and what it has installed" \
     - probe
 step model_fp32 20 "model speed, fp32: clipedu vs open_clip (small preset, batch 256)" \
     benchmarks/bench_model.py --device cuda --preset small --batch 256 --repeats 15
 step model_bf16 20 "model speed, bf16 autocast: clipedu vs open_clip (small preset, batch 256)" \
     benchmarks/bench_model.py --device cuda --preset small --batch 256 --repeats 15 --amp bf16
-step data 30 "ShapesWorld generation, DeviceLoader vs DataLoader on the GPU" \
+step data 25 "ShapesWorld generation, DeviceLoader vs DataLoader on the GPU" \
     benchmarks/bench_data.py --device cuda
-step quality 95 "quality in 60 s of training (tiny preset, ShapesWorld, seed 0)" \
-    benchmarks/bench_quality.py --device cuda --budgets 60 --seeds 0
-step blip2 175 "BLIP-2, the full recipe, with stage 2 without stage 1" \
-    benchmarks/bench_blip2.py --device cuda --baseline
-step notebooks 35 "notebooks in full mode, in order (as many as fit the budget)" \
-    benchmarks/bench_notebooks.py --full --timeout 35
+step quality 75 "quality in 60 s of training (tiny preset, ShapesWorld, seed 0; no probes)" \
+    benchmarks/bench_quality.py --device cuda --budgets 60 --seeds 0 --no-probes
+step blip2 230 "BLIP-2, the full recipe with stages 1 and 2 at 1500 steps, and stage 2 without stage 1" \
+    benchmarks/bench_blip2.py --device cuda --baseline --stage1-steps 1500 --stage2-steps 1500
+step notebooks 18 "notebooks in full mode, in order (as many as fit the budget)" \
+    benchmarks/bench_notebooks.py --full --timeout 18
 step cifar10_small 60 "CIFAR-10, small preset, 30 s of training: images/s, zero-shot" \
     -m clipedu train --dataset cifar10 --preset small --minutes 0.5 --device cuda --quiet --out "$WORK/cifar10-small"
 step zero_shot_cifar 20 "zero-shot CIFAR-10 with OpenAI's ViT-B/32 in clipedu (and open_clip)" \
