@@ -223,10 +223,18 @@ def _main_first(load):
 
 
 def cmd_train(args) -> int:
+    together = False  # every process is on its way out: a success, or a mistake all of them stop on
     try:
-        return _train(args)
+        code = _train(args)
+        together = True
+        return code
+    except CLIError:
+        together = True
+        raise
     finally:
         if dist.is_available() and dist.is_initialized():  # joined under torchrun
+            if together:  # rank 0 hosts the connections: none leaves while another still tears down
+                dist.barrier()
             dist.destroy_process_group()
 
 

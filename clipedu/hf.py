@@ -86,6 +86,15 @@ def _transformers():
             'converting to and from Hugging Face needs transformers: pip install "clipedu[hf]" '
             "(or pip install transformers)"
         ) from err
+    # transformers does not declare torch as a dependency: a release newer than the installed torch
+    # supports imports, but refuses to build any model ("requires the PyTorch library").
+    if not transformers.utils.is_torch_available():
+        import torch
+
+        raise ImportError(
+            f"transformers {transformers.__version__} cannot use torch {torch.__version__} (it needs a newer "
+            "torch): upgrade torch, or install a transformers release from the time of your torch"
+        )
     return transformers
 
 

@@ -4,6 +4,7 @@ Every transformers model here is built from a config with random weights: nothin
 """
 
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never reach for the Hub
 
@@ -23,6 +24,21 @@ from clipedu.hf import (
 from clipedu.pretrained import from_hf, to_hf
 
 transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def _transformers_builds_models(request):
+    """transformers newer than the installed torch (make test-min's torch floor) builds no model."""
+    exempt = request.node.name == "test_a_transformers_too_new_for_torch_is_named"
+    if not exempt and not transformers.utils.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} cannot use torch {torch.__version__}")
+
+
+def test_a_transformers_too_new_for_torch_is_named(monkeypatch):
+    monkeypatch.setattr(transformers.utils, "is_torch_available", lambda: False)
+    expected = rf"transformers \S+ cannot use torch {re.escape(torch.__version__)} .*upgrade torch"
+    with pytest.raises(ImportError, match=expected):
+        to_hf(CLIP(SMALL))
 
 VOCAB, CONTEXT, EOT = 50, 12, 5
 # <eot> is neither 2 (transformers' legacy rule) nor the largest id, so where the text is read matters.
