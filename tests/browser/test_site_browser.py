@@ -49,8 +49,10 @@ def site():
         pytest.fail(f"no site in {SITE}: run `make site` first")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}; install it with `apt-get install chromium`")
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1",
-                               "--directory", str(SITE)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # stdout carries the one "Serving HTTP on ..." line; the request log (stderr) goes nowhere, since
+    # nothing reads it: a full pipe would block the server mid-test.
+    server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                               "--directory", str(SITE)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, start_new_session=True)
     try:
         line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
