@@ -89,8 +89,6 @@ def _transformers():
     # transformers does not declare torch as a dependency: a release newer than the installed torch
     # supports imports, but refuses to build any model ("requires the PyTorch library").
     if not transformers.utils.is_torch_available():
-        import torch
-
         raise ImportError(
             f"transformers {transformers.__version__} cannot use torch {torch.__version__} (it needs a newer "
             "torch): upgrade torch, or install a transformers release from the time of your torch"

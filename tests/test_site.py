@@ -58,7 +58,8 @@ def _checkout(root, glossary=True):
     (root / "README.md").write_text(
         "# demo\n\nThe opening.\n\n## The package\n\n| module | notebook |\n| --- | --- |\n"
         "| `demo.x` | [00](notebooks/00_demo.ipynb), [guide](CONTRIBUTING.md) |\n\n"
-        "## Syllabus\n\nWeek 1: [00](notebooks/00_demo.ipynb).\n\n## Licence\n\nMIT.\n")
+        "## The notebooks\n\nA table.\n\n### Syllabus\n\nWeek 1: [00](notebooks/00_demo.ipynb).\n\n"
+        "## Licence\n\nMIT.\n")
     if glossary:
         (root / "notebooks" / "GLOSSARY.md").write_text("# Glossary\n\n**loss**: see [00](00_demo.ipynb).\n")
     nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# 00 · Demo\n\nSee [code](../demo/x.py)."},
@@ -89,12 +90,21 @@ def test_assemble_writes_every_page_with_links_from_course_toml(tmp_path):
     assert home.startswith("# demo\n\nThe opening.") and "[Demo](notebooks/00_demo.ipynb)" in home
     assert "github/me/fork/blob/dev/student/00_demo.ipynb" in home and "[Glossary](notebooks/GLOSSARY.md)" in home
     assert "[guide](https://github.com/me/fork/blob/dev/CONTRIBUTING.md)" in (src / "map.md").read_text()
-    assert (src / "syllabus.md").read_text().startswith("# Syllabus\n\nWeek 1: [00](notebooks/00_demo.ipynb)")
+    syllabus = (src / "syllabus.md").read_text()
+    assert syllabus.startswith("# Syllabus\n\nWeek 1: [00](notebooks/00_demo.ipynb)") and "MIT" not in syllabus
     assert "[00](00_demo.ipynb)" in (src / "notebooks" / "GLOSSARY.md").read_text()
     nb = course.load(src / "notebooks" / "00_demo.ipynb")
     assert nb["cells"][1]["outputs"][0]["data"] == {"text/plain": "1"}  # the executed copy, outputs kept
     assert "(https://github.com/me/fork/blob/dev/demo/x.py)" in course.source(nb["cells"][0])
     assert "me/fork" not in (course.ROOT / "tools" / "site.py").read_text()
+
+
+def test_the_readme_gives_the_site_its_map_and_its_syllabus():
+    readme = (course.ROOT / "README.md").read_text(encoding="utf-8")
+    heading, body = site.readme_section(readme, r"syllabus")
+    assert heading.startswith("Syllabus") and "| **the course** |" in body and "## " not in body
+    heading, body = site.readme_section(readme, r"\bpackage\b|\bmap\b")
+    assert heading == "The package" and "clipedu." in body
 
 
 def test_assemble_without_glossary_or_executed_notebooks(tmp_path):

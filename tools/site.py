@@ -34,11 +34,14 @@ _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 
 
 def readme_section(readme: str, pattern: str) -> tuple[str, str] | None:
-    """(heading, body) of the first ``## `` section of ``readme`` whose heading matches ``pattern``."""
-    parts = re.split(r"^(## .*)$", readme, flags=re.M)
-    for heading, body in zip(parts[1::2], parts[2::2]):
-        if re.search(pattern, heading, flags=re.I):
-            return heading[3:].strip(), body.strip()
+    """(heading, body) of the first ``## `` or ``### `` section of ``readme`` whose heading matches
+    ``pattern``; the body runs to the next heading of the same level or above."""
+    headings = list(re.finditer(r"^(#{2,3}) (.*)$", readme, flags=re.M))
+    for i, m in enumerate(headings):
+        if re.search(pattern, m.group(2), flags=re.I):
+            level = len(m.group(1))
+            end = next((h.start() for h in headings[i + 1:] if len(h.group(1)) <= level), len(readme))
+            return m.group(2).strip(), readme[m.end():end].strip()
     return None
 
 

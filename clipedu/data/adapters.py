@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipedu.data.base import CaptionedImages
 from clipedu.data.folder import square_picture
@@ -197,8 +198,6 @@ def _captions(target, i: int, what: str) -> list[str]:
 
 def _as_pil(image, i: int):
     """A PIL image from what datasets hold: PIL, (H, W[, C]) arrays, (C, H, W) tensors, {"bytes"|"path"}."""
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, dict) and (image.get("bytes") or image.get("path")):  # datasets' Image(decode=False)

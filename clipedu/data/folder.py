@@ -201,8 +201,6 @@ def _load_image(file: Path, image_size: int) -> np.ndarray | None:
 
 def square_picture(picture, image_size: int) -> np.ndarray:
     """A PIL image as (S, S, 3) uint8 RGB: the centre square, resized (bicubic) to ``image_size``."""
-    from PIL import Image
-
     picture = picture.convert("RGB")
     width, height = picture.size
     side = min(width, height)

@@ -143,7 +143,8 @@ def test_home_page_lists_every_notebook_and_the_reference_pages(page, site):
     links = set(_links(page))
     for notebook in NOTEBOOKS:
         assert f"{site}notebooks/{notebook.stem}.html" in links, notebook.stem
-    assert f"{site}map.html" in links
+    for reference in ("map", "syllabus", "notebooks/GLOSSARY"):
+        assert f"{site}{reference}.html" in links, reference
     cache: dict = {}
     bad = {href: why for href in sorted(links) if (why := _resolves(page, href, cache))}
     assert not bad, f"links inside the site that do not resolve: {bad}"
