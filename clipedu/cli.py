@@ -27,7 +27,6 @@ from pathlib import Path
 
 import matplotlib
 import torch
-import torch.distributed as dist
 
 from clipedu import __version__
 from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -40,6 +39,7 @@ from clipedu.distributed import (
     first_problem,
     init_from_env,
     launched_by_torchrun,
+    leave_group,
 )
 from clipedu.evaluate import encode_images, linear_probe, pixel_features, report
 from clipedu.loop import TrainConfig
@@ -232,10 +232,7 @@ def cmd_train(args) -> int:
         together = True
         raise
     finally:
-        if dist.is_available() and dist.is_initialized():  # joined under torchrun
-            if together:  # rank 0 hosts the connections: none leaves while another still tears down
-                dist.barrier()
-            dist.destroy_process_group()
+        leave_group(together)  # under torchrun: a barrier, then each process leaves the group
 
 
 def _train_config(args, fast: bool, state: dict | None) -> TrainConfig:

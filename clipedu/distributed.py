@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -238,6 +239,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave_group(together: bool = True) -> None:
+    """Leave the process group (nothing when none was joined).
+
+    When the processes leave ``together`` (a success, or an error all of them agreed on), they
+    first meet at a barrier, so that no process tears its connections down while another still
+    uses them. Then each gives gloo's worker threads a moment before tearing down: on torch 2.3 a
+    worker thread that is still freeing a finished collective's tensors needs the GIL, which
+    ``destroy_process_group`` holds while it waits for that thread (a deadlock seen in 1 run in 5
+    on a busy machine). When they do not leave together (an unexpected error on one), each just
+    leaves.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        dist.barrier()
+        time.sleep(0.2)  # releases the GIL: gloo's threads finish freeing their work first
+    dist.destroy_process_group()
+
+
 def distributed_siglip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -268,6 +288,7 @@ def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embed
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    finished = False
     try:
         b = image_embeds.shape[0] // world_size
         rows = slice(rank * b, (rank + 1) * b)
@@ -278,9 +299,9 @@ def _loss_worker(rank: int, world_size: int, port: int, folder: str, image_embed
         loss.backward()
         torch.save({"loss": loss.detach(), "image_grad": img.grad, "text_grad": txt.grad, "scale_grad": scale.grad},
                    f"{folder}/rank{rank}.pt")
-        dist.barrier()  # no process tears down its connections while another still uses them
+        finished = True
     finally:
-        dist.destroy_process_group()
+        leave_group(together=finished)
 
 
 def loss_on_processes(

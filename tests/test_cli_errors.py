@@ -283,11 +283,6 @@ def _rank_worker(rank, port, folder, failing_rank):
     Path(folder, f"rank{rank}.txt").write_text(f"{code}\n{err.getvalue()}")
 
 
-# On torch 2.3 (make test-min's floor) a gloo process can still hang in destroy_process_group once
-# rank 0, which hosts the store, has left (about 1 run in 5 on a busy machine, even after the barrier
-# cmd_train takes first); later torch releases leave cleanly.
-@pytest.mark.skipif(tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 4),
-                    reason="torch < 2.4: gloo's destroy_process_group may hang after rank 0 has left")
 @pytest.mark.parametrize("failing_rank", [0, 1])
 def test_under_torchrun_every_process_stops_with_the_same_line(tmp_path, failing_rank):
     context = mp.spawn(_rank_worker, args=(_free_port(), str(tmp_path), failing_rank), nprocs=WORLD, join=False)

@@ -31,7 +31,7 @@ def _worker(rank, port, out_dir, mode):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    from clipedu.distributed import distributed_clip_loss, distributed_siglip_loss
+    from clipedu.distributed import distributed_clip_loss, distributed_siglip_loss, leave_group
 
     try:
         img, txt = _global_batch()
@@ -47,14 +47,12 @@ def _worker(rank, port, out_dir, mode):
                 loss = distributed_clip_loss(img, txt, scale)
         except ValueError as exc:
             torch.save({"error": str(exc)}, f"{out_dir}/rank{rank}.pt")
-            dist.barrier()  # on the error path too: with torch 2.3 a rank tearing gloo down alone can hang
             return
         loss.backward()
         torch.save({"loss": loss.detach(), "img": img.grad, "txt": txt.grad, "scale": scale.grad},
                    f"{out_dir}/rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still uses it (that aborted a CI run)
     finally:
-        dist.destroy_process_group()
+        leave_group()  # a barrier first, then gloo torn down (torch 2.3 could hang otherwise)
 
 
 def _run(tmp_path, mode):
@@ -83,6 +81,14 @@ def test_mismatched_batch_sizes_across_processes_are_a_clear_error(tmp_path):
     results = _run(tmp_path, "mismatch")
     for r in results:
         assert "differ in shape across processes: [(4, 16), (5, 16)]" in r["error"]
+
+
+def test_leave_group_without_a_group_does_nothing():
+    from clipedu.distributed import leave_group
+
+    leave_group()
+    leave_group(together=False)
+    assert not dist.is_initialized()
 
 
 def test_not_distributed_falls_back_to_the_plain_loss():
