@@ -6,7 +6,7 @@ import torch
 from clipedu import preset
 from clipedu.data import ShapesWorld
 from clipedu.loop import TrainConfig
-from clipedu.runs import default_train_config, is_trained, run_dir, run_dir_name, train_or_load
+from clipedu.runs import default_train_config, is_trained, run_dir, run_dir_name, train_or_load, training_data
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,8 @@ def test_bad_requests_are_explained(data):
 def test_run_folder_names():
     assert run_dir_name("shapes", "tiny", True) == "shapes-tiny-fast"
     assert run_dir_name("folder:/data/x", "ViT-B/32", False) == "folder--data-x-ViT-B-32"
+
+
+def test_fast_mode_draws_fewer_pictures_only_where_it_says_so():
+    assert len(training_data("shapes", mode="fast")) == len(training_data("shapes", mode="full")) == 20_000
+    assert len(training_data("shapes2", mode="fast")) == 4000
