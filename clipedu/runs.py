@@ -151,9 +151,13 @@ def train_or_load(
     progress: bool = True,
     callback: Callable | None = None,
     eval_fn: Callable[[CLIP], dict] | None = None,
+    init: Run | None = None,
 ) -> Run:
     """Load the run in ``out_dir`` when it has trained ``train_config.steps`` steps; otherwise train
     it (resuming where an interrupted run stopped).
+
+    ``init``: a finished run to start from instead of fresh weights (fine-tuning, as NegCLIP
+    fine-tunes a trained CLIP): its weights and its tokenizer, for the same model config.
 
     ``model``: a preset name, or a :class:`~clipedu.config.CLIPConfig` (then also give
     ``train_config``, and ``name`` or ``out_dir``). ``train_config`` defaults to the preset's
@@ -171,7 +175,10 @@ def train_or_load(
     train_config = train_config or default_train_config(model, mode=mode)
     out_dir = Path(out_dir) if out_dir is not None else run_dir(dataset, name or model, mode=mode)
     checkpoint = out_dir / CHECKPOINT_NAME
-    tokenizer = None
+    tokenizer = init.tokenizer if init is not None else None
+    if init is not None and init.model.cfg != model_config(model, init.tokenizer):
+        raise ValueError("init is a run of another model config than the one asked for; "
+                         f"it has {init.model.cfg}")
     resume = checkpoint.exists() and not retrain
     if resume:
         trained, tokenizer, state = model_from_checkpoint(checkpoint, device)
@@ -184,6 +191,8 @@ def train_or_load(
     data = data if data is not None else training_data(dataset, mode=mode)
     trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,
                           eval_fn=eval_fn)
+    if init is not None and not resume:  # a resumed run has its own weights in the checkpoint
+        trainer.model.load_state_dict(init.model.state_dict())
     history = trainer.fit(resume=resume, progress=progress, callback=callback)
     return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
 

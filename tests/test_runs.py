@@ -71,3 +71,22 @@ def test_run_folder_names():
 def test_fast_mode_draws_fewer_pictures_only_where_it_says_so():
     assert len(training_data("shapes", mode="fast")) == len(training_data("shapes", mode="full")) == 20_000
     assert len(training_data("shapes2", mode="fast")) == 4000
+
+
+def test_a_run_can_start_from_another_runs_weights(tmp_path, data):
+    narrow = preset("tiny", embed_dim=16, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
+                    text_layers=1, text_heads=2)
+    cfg = TrainConfig(steps=2, batch_size=32, warmup_steps=0, lr=1e-3)
+    base = train_or_load("shapes", narrow, cfg, out_dir=tmp_path / "base", data=data, device="cpu", progress=False)
+    tiny_step = TrainConfig(steps=1, batch_size=32, warmup_steps=0, lr=1e-9)  # a step that hardly moves anything
+    tuned = train_or_load("shapes", narrow, tiny_step, out_dir=tmp_path / "tuned", data=data, device="cpu",
+                          progress=False, init=base)
+    fresh = train_or_load("shapes", narrow, tiny_step, out_dir=tmp_path / "fresh", data=data, device="cpu",
+                          progress=False)
+    for k, v in base.model.state_dict().items():
+        torch.testing.assert_close(tuned.model.state_dict()[k], v, rtol=0, atol=1e-6)  # base's weights, not fresh
+    assert any((v - fresh.model.state_dict()[k]).abs().max() > 1e-3 for k, v in base.model.state_dict().items())
+    assert tuned.tokenizer.vocab == base.tokenizer.vocab
+    with pytest.raises(ValueError, match="init is a run of another model config"):
+        train_or_load("shapes", narrow.with_overrides(embed_dim=8), cfg, out_dir=tmp_path / "other", data=data,
+                      device="cpu", progress=False, init=base)
