@@ -1,4 +1,4 @@
-"""Exercises of notebook 00: counting the data, counting parameters, finding the held-out pairs."""
+"""Exercises of notebook 00: counting the data, finding the held-out pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 
 from clipedu.data import ShapesWorld
 from clipedu.exercises import Exercise, compare_tensors
-from clipedu.transformer import ResidualBlock
 
 
 @cache
@@ -85,60 +84,7 @@ count_images = Exercise(
 )
 
 
-# --- 2. parameters of one transformer block -----------------------------------------------------
-def _block_reference_count(width: int, mlp_ratio: float) -> int:
-    return sum(p.numel() for p in ResidualBlock(width, 1, mlp_ratio).parameters())
-
-
-def _check_block_parameters(block_parameters) -> str | None:
-    for width, ratio in ((128, 4.0), (768, 4.0), (64, 2.0)):
-        expected = _block_reference_count(width, ratio)
-        got = block_parameters(width, ratio)
-        if isinstance(got, torch.Tensor):
-            got = got.item()
-        if not isinstance(got, (int, float)):
-            return f"block_parameters({width}, {ratio}) should return a number, got {type(got).__name__}."
-        if got == expected:
-            continue
-        hidden = int(width * ratio)
-        missing = expected - got
-        why = {
-            5 * width + hidden: "you left out the biases (qkv has 3w, out_proj w, fc1 the hidden size, fc2 w)",
-            4 * width: "you left out the two LayerNorms (each has a weight and a bias of size w)",
-            2 * width: "you counted one LayerNorm; a block has two (ln_1 before attention, ln_2 before the MLP)",
-            2 * width * width + 2 * width: "queries, keys and values each need their own w x w matrix (and bias)",
-        }.get(missing)
-        message = f"for width {width} and mlp_ratio {ratio} a block has {expected:,} parameters, you said {got:,}"
-        return message + (f": {why}." if why else f" (off by {missing:,}).")
-    return None
-
-
-block_parameters = Exercise(
-    name="block_parameters",
-    task="block_parameters(width, mlp_ratio) -> int: parameters of one pre-LN transformer block",
-    checker=_check_block_parameters,
-    hint_text="A block is ln_1, attention (qkv: a width -> 3*width linear layer, out_proj: width -> width), "
-    "ln_2 and an MLP (width -> hidden -> width, hidden = width * mlp_ratio). A linear layer a -> b has "
-    "a*b weights and b biases; a LayerNorm of width w has w weights and w biases.",
-    solution_code="""
-    def block_parameters(width, mlp_ratio=4.0):
-        w, hidden = width, int(width * mlp_ratio)
-        layer_norms = 2 * (2 * w)  # ln_1 and ln_2: weight and bias each
-        attention = (w * 3 * w + 3 * w) + (w * w + w)  # qkv and out_proj
-        mlp = (w * hidden + hidden) + (hidden * w + w)  # fc1 and fc2
-        return layer_norms + attention + mlp  # 12 w^2 + 13 w when mlp_ratio = 4
-    """,
-    reference=lambda: lambda width, mlp_ratio=4.0: _block_reference_count(width, mlp_ratio),
-    mistakes=[
-        (lambda: lambda w, r=4.0: 3 * w * w + w * w + 2 * w * int(w * r) + 4 * w, "biases"),
-        (lambda: lambda w, r=4.0: _block_reference_count(w, r) - 4 * w, "two LayerNorms"),
-        (lambda: lambda w, r=4.0: _block_reference_count(w, r) - 2 * w * w - 2 * w, "their own w x w"),
-        (lambda: lambda w, r=4.0: 12 * w * w, "off by"),
-    ],
-)
-
-
-# --- 3. the held-out pairs ------------------------------------------------------------------------
+# --- 2. the held-out pairs ------------------------------------------------------------------------
 _CUSTOM_HOLDOUT = (("red", "circle"), ("blue", "star"), ("pink", "square"))
 
 

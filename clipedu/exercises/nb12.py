@@ -5,12 +5,10 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from clipedu.clip import CLIP
 from clipedu.config import preset
 from clipedu.exercises import Exercise
-from clipedu.exercises.nb07 import check_prompt_ensemble, ensemble_reference
 from clipedu.pretrained import to_openai_state_dict
 
 
@@ -174,32 +172,4 @@ center_crop = Exercise(
         (lambda: lambda im, s: _ref_center_crop(im, s)[:1], "shape"),
     ],
     success="this is exactly the crop that OpenAI's preprocessing makes.",
-)
-
-
-# --- 3. the prompt ensemble -------------------------------------------------------------------------
-def _check_ensemble(ensemble) -> str | None:
-    return check_prompt_ensemble(ensemble, name="ensemble")  # notebook 07's exercise, on CLIP's prompts
-
-
-prompt_ensemble = Exercise(
-    name="prompt_ensemble",
-    task="Turn (K, T, E) unit text embeddings (K classes x T templates) into (K, E) unit class vectors.",
-    checker=_check_ensemble,
-    hint_text="Average over the templates (dim 1), then divide each class vector by its length "
-    "(F.normalize(..., dim=-1)).",
-    solution_code="""
-    import torch.nn.functional as F
-
-
-    def ensemble(text_embeds):
-        return F.normalize(text_embeds.mean(dim=1), dim=-1)  # (K, E)
-    """,
-    reference=lambda: ensemble_reference,
-    mistakes=[
-        (lambda: lambda t: t.mean(dim=1), "renormalise"),
-        (lambda: lambda t: F.normalize(t.mean(dim=0), dim=-1), "over the classes"),
-        (lambda: lambda t: t[:, 0], "first template alone"),
-    ],
-    success="one vector per class that points the way all its prompts agree on.",
 )
