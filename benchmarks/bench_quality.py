@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +46,7 @@ from clipedu.evaluate import (  # noqa: E402
     retrieval_recall,
     zero_shot,
 )
-from clipedu.runs import default_train_config, estimate_steps, new_trainer  # noqa: E402
+from clipedu.runs import default_train_config, estimate_steps, new_trainer, with_steps  # noqa: E402
 from clipedu.runtime import pick_device  # noqa: E402
 
 ATTRIBUTES = ("shape", "colour", "size", "position")
@@ -61,7 +60,7 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
     tokenizer = build_tokenizer(train)
     cfg = default_train_config("tiny", fast=False, seed=seed)
     steps = estimate_steps("tiny", train, cfg, device, seconds=budget, tokenizer=tokenizer)
-    cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 5))
+    cfg = with_steps(cfg, steps)  # the recipe cut to the budget, as clipedu train --minutes does
     trainer = new_trainer("tiny", train, cfg, tokenizer=tokenizer, device=device)  # seeded with cfg.seed
     print(f"  budget {budget:.0f} s, seed {seed}: {steps} steps fit, training", flush=True)
     model = trainer.model

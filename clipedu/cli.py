@@ -22,7 +22,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -51,6 +50,7 @@ from clipedu.runs import (
     run_dir,
     train_or_load,
     training_data,
+    with_steps,
 )
 from clipedu.runtime import is_fast, pick_device
 from clipedu.tokenizer import WordTokenizer
@@ -245,7 +245,7 @@ def _train_config(args, fast: bool, state: dict | None) -> TrainConfig:
         return TrainConfig.from_dict({**state["train_config"], **overrides})
     cfg = default_train_config(args.preset, fast, **{k: v for k, v in overrides.items() if k != "steps"})
     if args.steps is not None:
-        return replace(cfg, steps=args.steps, warmup_steps=min(cfg.warmup_steps, max(0, args.steps // 10)))
+        return with_steps(cfg, args.steps)
     return cfg
 
 
@@ -311,7 +311,7 @@ def _train(args) -> int:
     if args.minutes is not None:
         steps = estimate_steps(args.preset, data, cfg, device, seconds=args.minutes * 60)
         steps = broadcast_object(steps)  # rank 0's clock decides: every process runs as many steps
-        cfg = replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
+        cfg = with_steps(cfg, steps)
         say(f"{args.minutes:g} minutes on {device} fit about {cfg.steps} steps of batch {cfg.batch_size}")
     if cfg.checkpoint_every == 0:
         cfg.checkpoint_every = max(50, cfg.steps // 10)

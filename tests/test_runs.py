@@ -6,7 +6,15 @@ import torch
 from clipedu import preset
 from clipedu.data import ShapesWorld
 from clipedu.loop import TrainConfig
-from clipedu.runs import default_train_config, is_trained, run_dir, run_dir_name, train_or_load, training_data
+from clipedu.runs import (
+    default_train_config,
+    is_trained,
+    run_dir,
+    run_dir_name,
+    train_or_load,
+    training_data,
+    with_steps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +98,12 @@ def test_a_run_can_start_from_another_runs_weights(tmp_path, data):
     with pytest.raises(ValueError, match="init is a run of another model config"):
         train_or_load("shapes", narrow.with_overrides(embed_dim=8), cfg, out_dir=tmp_path / "other", data=data,
                       device="cpu", progress=False, init=base)
+
+
+def test_a_recipe_cut_to_a_budget_warms_up_a_fifth_of_it_at_most_90_steps():
+    cpu = default_train_config("tiny", mode="cpu")  # 1,200 steps, 50 of warm-up
+    assert (with_steps(cpu, 450).steps, with_steps(cpu, 450).warmup_steps) == (450, 90)
+    assert with_steps(cpu, 5000).warmup_steps == 90 and with_steps(cpu, 100).warmup_steps == 20
+    assert with_steps(cpu, 2).warmup_steps == 0
+    small = default_train_config("small", mode="full")  # 200 steps of warm-up: kept when the run is long
+    assert with_steps(small, 8000).warmup_steps == 200
