@@ -26,11 +26,11 @@ def ensemble_reference(prompt_embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(prompt_embeds.mean(dim=1), dim=-1)
 
 
-def check_prompt_ensemble(ensemble_classifier, name: str = "ensemble_classifier") -> str | None:
-    """The checker of a prompt ensemble (K, T, E) -> (K, E); notebook 12 asks for it again."""
+def check_prompt_ensemble(ensemble_classifier) -> str | None:
+    """The checker of a prompt ensemble (K, T, E) -> (K, E)."""
     for prompts in _prompt_cases():
         k, t, e = prompts.shape
-        call = f"{name}(prompt_embeds) with K={k} classes, T={t} templates, E={e}"
+        call = f"ensemble_classifier(prompt_embeds) with K={k} classes, T={t} templates, E={e}"
         got = ensemble_classifier(prompts.clone())
         expected = ensemble_reference(prompts)
         if not isinstance(got, torch.Tensor):
