@@ -235,6 +235,17 @@ def test_study_time_follows_the_stated_rule():
     course.set_source(long_setup["cells"][1], course.source(long_setup["cells"][1]) + " extra" * 500)
     assert course.words_read(long_setup) == base
     assert str(course.READING_WPM) in course.STUDY_RULE and str(course.MINUTES_PER_EXERCISE) in course.STUDY_RULE
+    assert f"{course.MINUTES_PER_PREDICTION} per prediction" in course.STUDY_RULE
+    # a prediction (its checker is nbNN.predict_...) counts MINUTES_PER_PREDICTION, not an exercise's
+    nb = course.strip_notebook(_notebook())
+    nb["cells"].insert(2, {"cell_type": "markdown", "metadata": {}, "source": " ".join(["word"] * words)})
+    cell = next(c for c in nb["cells"] if "y = 2" in course.source(c))
+    course.set_source(cell, course.source(cell) + "\nnb01.predict_y.check(y)")
+    entry = course.course_entries({"01_demo.ipynb": nb})[0]
+    assert (entry.exercises, entry.predictions) == (1, 1)
+    minutes = reading + course.MINUTES_PER_EXERCISE + course.MINUTES_PER_PREDICTION
+    assert entry.study_minutes == 5 * -(-minutes // 5)
+    assert "1 exercises at 10 min each and 1 prediction at 5 min" in course.study_line(entry)
 
 
 def test_the_real_course_map_reaches_every_notebook():

@@ -63,9 +63,13 @@ def test_as_number_takes_one_number_in_any_form_and_refuses_the_rest():
 
 
 def _function_defined_by(code: str):
-    """Run a solution in a fresh namespace and return the one function it defines."""
-    names = [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
-    assert len(names) == 1, f"a solution defines one function, this one defines {names}"
+    """Run a solution in a fresh namespace and return the one function it defines (a prediction's
+    solution defines one name instead, ``my_prediction``)."""
+    body = ast.parse(code).body
+    names = [n.name for n in body if isinstance(n, ast.FunctionDef)]
+    if not names:
+        names = [t.id for n in body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    assert len(names) == 1, f"a solution defines one function or one name, this one defines {names}"
     namespace: dict = {}
     exec(compile(code, "<solution_code>", "exec"), namespace)
     return namespace[names[0]]
@@ -85,3 +89,22 @@ def test_close_takes_numbers_and_tensors():
     t = torch.tensor([1.0, 2.0])
     assert close(t + 1e-6, t) and not close(t + 0.1, t)
     assert not close(t[:1], t) and not close([1.0, 2.0], t)  # another shape, or no tensor at all
+
+
+def test_prediction_accepts_its_answer_and_explains_the_rest():
+    from clipedu.exercises import prediction
+
+    choice = prediction("p", "sharper or flatter?", "sharper", why="the logits grow.", hint="h",
+                        choices=("sharper", "flatter", "unchanged"))
+    assert choice.kind == "predict" and choice.check("Sharper ") and choice.solution_code == "my_prediction = 'sharper'"
+    wrong = choice.check("flatter")
+    assert not wrong and "next cell shows 'sharper'" in wrong.message and "the logits grow." in wrong.message
+    assert "answer with one of 'sharper', 'flatter', 'unchanged'" in choice.check(3).message
+    number = prediction("n", "how many?", 4.85, why="ln 128.", hint="h", wrong=(128,))
+    assert number.check(4.9) and number.check(torch.tensor(4.8)) and not number.check(6.0)
+    assert "answer with one number" in number.check("four").message
+    assert len(number.mistakes) == 1 and len(choice.mistakes) == 2
+    with pytest.raises(ValueError, match="not one of the choices"):
+        prediction("x", "?", "maybe", why="", hint="", choices=("yes", "no"))
+    with pytest.raises(ValueError, match="kind should be one of"):
+        Exercise("k", "t", lambda a: None, "h", "x = 1", lambda: 1, kind="quiz")

@@ -125,15 +125,19 @@ def code_cells(nb: dict) -> list[dict]:
 # (that is the title cell's "Runtime"). The rule: every whitespace-separated word a student reads,
 # markdown and code, in the student version (each solution replaced by its stub; the title cell and
 # the generated setup cell not counted), read at READING_WPM words a minute, plus
-# MINUTES_PER_EXERCISE for each exercise cell (a BEGIN SOLUTION block); the total is rounded up to
-# 5 minutes.
+# MINUTES_PER_EXERCISE for each exercise cell (a BEGIN SOLUTION block) and MINUTES_PER_PREDICTION
+# for each prediction (an exercise cell whose checker is ``nbNN.predict_...``: one choice or number
+# to commit to); the total is rounded up to 5 minutes.
 READING_WPM = 200
 MINUTES_PER_EXERCISE = 10
+MINUTES_PER_PREDICTION = 5
+PREDICTION_CALL = re.compile(r"^\s*nb\d\d\.predict_\w+\.check\(", re.M)
 STUDY_RULE = (
     f"Study time = the words a student reads (markdown and code of the student version, without the "
     f"title and setup cells) at {READING_WPM} words a minute, plus {MINUTES_PER_EXERCISE} minutes per "
-    f"exercise, rounded up to 5 minutes. It does not include the time the cells take to run (each "
-    f"notebook's \"Runtime\")."
+    f"exercise and {MINUTES_PER_PREDICTION} per prediction (a question answered before the cell that "
+    f"shows the outcome), rounded up to 5 minutes. It does not include the time the cells take to run "
+    f"(each notebook's \"Runtime\")."
 )
 STUDY_PREFIX = "**Study time:**"
 NEXT_PREFIX = "**Next:**"
@@ -150,7 +154,8 @@ class Entry:
     title: str
     blurb: str
     words: int
-    exercises: int
+    exercises: int  # exercise cells, predictions not counted
+    predictions: int = 0
 
     @property
     def number(self) -> str:
@@ -162,7 +167,7 @@ class Entry:
 
     @property
     def exercise_minutes(self) -> int:
-        return self.exercises * MINUTES_PER_EXERCISE
+        return self.exercises * MINUTES_PER_EXERCISE + self.predictions * MINUTES_PER_PREDICTION
 
     @property
     def study_minutes(self) -> int:
@@ -186,17 +191,25 @@ def map_blurb(nb: dict) -> str:
 
 def course_entries(notebooks: dict[str, dict]) -> list[Entry]:
     """The course in order, from notebooks keyed by file name."""
-    return [
-        Entry(name, title_of(nb), map_blurb(nb), words_read(nb), sum(BEGIN in source(c) for c in code_cells(nb)))
-        for name, nb in sorted(notebooks.items())
-    ]
+    entries = []
+    for name, nb in sorted(notebooks.items()):
+        cells = [source(c) for c in code_cells(nb) if BEGIN in source(c)]
+        predictions = sum(bool(PREDICTION_CALL.search(text)) for text in cells)
+        entries.append(Entry(name, title_of(nb), map_blurb(nb), words_read(nb), len(cells) - predictions, predictions))
+    return entries
+
+
+def _doing(entry: Entry) -> str:
+    text = f"{entry.exercises} exercises at {MINUTES_PER_EXERCISE} min each"
+    if entry.predictions:
+        text += f" and {entry.predictions} prediction{'s' * (entry.predictions > 1)} at {MINUTES_PER_PREDICTION} min"
+    return text
 
 
 def study_line(entry: Entry) -> str:
     return (
         f"{STUDY_PREFIX} about {entry.study_minutes} min: {entry.reading_minutes} min of reading "
-        f"({entry.words:,} words) and {entry.exercises} exercises at {MINUTES_PER_EXERCISE} min each "
-        f"(the rule is in the README's syllabus)."
+        f"({entry.words:,} words), {_doing(entry)} (the rule is in the README's syllabus)."
     )
 
 
@@ -218,15 +231,16 @@ def course_map(entries: list[Entry]) -> str:
 
 def syllabus_table(entries: list[Entry]) -> str:
     """The README's syllabus: study time per notebook, and the rule that gives it."""
-    rows = [STUDY_RULE, "", "| # | notebook | words | reading | exercises | study time |",
-            "| --- | --- | ---: | ---: | ---: | ---: |"]
+    rows = [STUDY_RULE, "", "| # | notebook | words | reading | exercises | predictions | study time |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for e in entries:
         rows.append(f"| {e.number} | [{e.title}](notebooks/{e.name}) | {e.words:,} | {e.reading_minutes} min "
-                    f"| {e.exercises} × {MINUTES_PER_EXERCISE} min | {e.study_minutes} min |")
+                    f"| {e.exercises} × {MINUTES_PER_EXERCISE} min | {e.predictions} × {MINUTES_PER_PREDICTION} min "
+                    f"| {e.study_minutes} min |")
     total = sum(e.study_minutes for e in entries)
     rows.append(f"| | **the course** | {sum(e.words for e in entries):,} | "
                 f"{sum(e.reading_minutes for e in entries)} min | {sum(e.exercises for e in entries)} | "
-                f"**{total} min** (about {total / 60:.0f} h) |")
+                f"{sum(e.predictions for e in entries)} | **{total} min** (about {total / 60:.0f} h) |")
     return "\n".join(rows)
 
 

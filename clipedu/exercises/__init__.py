@@ -10,6 +10,17 @@ In a notebook::
 Each notebook's exercises live in their own module (``nb01``, ``nb02``, ...). An exercise knows a
 correct answer (``reference``) and the typical wrong ones (``mistakes``), so the tests can prove
 that every checker accepts the first and rejects each of the others with a specific message.
+
+Exercises come in four kinds (``Exercise.kind``), and every notebook has the last three:
+
+- ``implement``: write a function the notebook has just explained; the checker compares it with the
+  package's own on several inputs.
+- ``predict``: commit to a choice or a number *before* the cell that shows it (made with
+  :func:`prediction`); the feedback says what the next cell will show and why.
+- ``derive``: work a result out on paper (a gradient, a count, an identity) and write it in closed
+  form; the checker compares it with autograd or a brute-force computation.
+- ``experiment``: change one thing, predict, measure; the checker re-runs the measurement for the
+  settings the student chose and verifies the numbers, not a fixed answer.
 """
 
 from __future__ import annotations
@@ -22,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+KINDS = ("implement", "predict", "derive", "experiment")
 
 
 @dataclass
@@ -58,6 +72,11 @@ class Exercise:
     reference: Callable[[], Any]
     mistakes: list[tuple[Callable[[], Any], str]] = field(default_factory=list)
     success: str = "well done."
+    kind: str = "implement"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Exercise {self.name!r}: kind should be one of {KINDS}, got {self.kind!r}")
 
     def check(self, answer) -> Feedback:
         try:
@@ -77,6 +96,37 @@ class Exercise:
 
     def __repr__(self) -> str:
         return f"Exercise({self.name!r}): {self.task}"
+
+
+def prediction(name: str, question: str, answer, *, why: str, hint: str, choices: tuple[str, ...] = (),
+               rel: float = 0.15, wrong: tuple = ()) -> Exercise:
+    """A predict-then-run question: the student writes ``my_prediction = ...`` (one of ``choices``, or
+    a number within ``rel`` of ``answer``) before the cell that shows the outcome. The feedback says
+    what that cell will show and ``why``. ``wrong`` lists typical wrong numbers (for the tests);
+    with ``choices`` every other choice is a typical mistake."""
+    choices = tuple(c.lower() for c in choices)
+    if choices and str(answer).lower() not in choices:
+        raise ValueError(f"prediction {name!r}: the answer {answer!r} is not one of the choices {choices}")
+    shown = f"{answer!r}" if choices else f"about {answer:.4g}"
+
+    def checker(got) -> str | None:
+        if choices:
+            if not isinstance(got, str) or got.strip().lower() not in choices:
+                return f"answer with one of {', '.join(repr(c) for c in choices)}; got {got!r}."
+            if got.strip().lower() == str(answer).lower():
+                return None
+            return f"you predicted {got.strip()!r}; the next cell shows {shown}. {why}"
+        value = as_number(got)
+        if value is None:
+            return f"answer with one number; got {type(got).__name__} {got!r}."
+        if abs(value - answer) <= rel * abs(answer) + 1e-12:
+            return None
+        return f"you predicted {value:.4g}; the next cell shows {shown}. {why}"
+
+    mistakes = [(lambda c=c: c, "the next cell shows") for c in choices if c != str(answer).lower()]
+    mistakes += [(lambda w=w: w, "the next cell shows") for w in wrong]
+    return Exercise(name, question, checker, hint, f"my_prediction = {answer!r}", lambda: answer,
+                    mistakes, success=f"the next cell shows {shown}. {why}", kind="predict")
 
 
 # --- helpers for writing checkers ---------------------------------------------------------------
