@@ -37,6 +37,10 @@ from clipedu.train import Trainer
 # 4,000 (notebook 06). Notebook 07's two-object scenes keep 4,000 in fast mode.
 FAST_TRAIN_IMAGES = {"shapes2": 4000}
 
+# The longest warm-up a short run needs: at 450 steps (fast mode) a 90-step warm-up learned every
+# attribute on five seeds where 30 or 60 did not (notebook 06). Fast mode and with_steps() share it.
+SHORT_RUN_WARMUP = 90
+
 
 @dataclass
 class Run:
@@ -63,7 +67,7 @@ def default_train_config(preset_name: str = "tiny", fast: bool | None = None, mo
     """
     mode = resolve_mode(mode, fast)
     if preset_name == "tiny":
-        steps, warmup = {"fast": (450, 90), "cpu": (1200, 50), "full": (1500, 75)}[mode]
+        steps, warmup = {"fast": (450, SHORT_RUN_WARMUP), "cpu": (1200, 50), "full": (1500, 75)}[mode]
         base = dict(steps=steps, warmup_steps=warmup, batch_size=128, lr=2e-3)
     elif preset_name == "small":
         if mode == "full":
@@ -79,10 +83,10 @@ def default_train_config(preset_name: str = "tiny", fast: bool | None = None, mo
 
 def with_steps(train_config: TrainConfig, steps: int) -> TrainConfig:
     """The recipe cut or stretched to ``steps`` (``clipedu train --minutes``, the time-budget
-    benchmark): a fifth of them warm up, at most 90 or the recipe's own warm-up when that is longer.
-    Measured on the tiny preset: at 450 steps a 90-step warm-up learned every attribute on five
-    seeds where 30 or 60 steps did not (notebook 06); longer runs need no more than that."""
-    return replace(train_config, steps=steps, warmup_steps=min(steps // 5, max(train_config.warmup_steps, 90)))
+    benchmark): a fifth of them warm up, at most :data:`SHORT_RUN_WARMUP` or the recipe's own
+    warm-up when that is longer; longer runs need no more than that."""
+    warmup = min(steps // 5, max(train_config.warmup_steps, SHORT_RUN_WARMUP))
+    return replace(train_config, steps=steps, warmup_steps=warmup)
 
 
 def training_data(dataset: str = "shapes", fast: bool | None = None, mode: str | None = None) -> CaptionedImages:
