@@ -284,6 +284,86 @@ def linear_probe(
     return ProbeResult(float((clf.predict(xt) == ty).mean()), best, validation)
 
 
+@dataclass
+class BoxProbeResult:
+    error: tuple[float, ...]  # mean absolute test error of each target (e.g. centre x, centre y, radius)
+    best_alpha: float
+    validation: dict[float, float] = field(default_factory=dict)  # alpha -> mean validation error
+    predictions: torch.Tensor | None = None  # (N_test, T) what the head says for each test example
+
+    def __repr__(self) -> str:
+        return f"BoxProbeResult(error={tuple(round(e, 3) for e in self.error)}, best_alpha={self.best_alpha:g})"
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Ridge regression in closed form: W = (X^T X + alpha I)^-1 X^T Y for centred X and Y."""
+    gram = x.T @ x + alpha * torch.eye(x.shape[1], dtype=x.dtype)  # (D, D)
+    return torch.linalg.solve(gram, x.T @ y)  # (D, T)
+
+
+def box_probe(
+    train_x: torch.Tensor | np.ndarray,
+    train_y: torch.Tensor | np.ndarray,
+    test_x: torch.Tensor | np.ndarray,
+    test_y: torch.Tensor | np.ndarray,
+    alphas: Sequence[float] = (1e-1, 1.0, 10.0, 100.0, 1000.0),
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> BoxProbeResult:
+    """A linear regression probe: ridge regression from frozen features (N, D) to numbers (N, T),
+    such as an object's centre and radius in pixels. Features are standardised with the training
+    mean and std, the L2 strength ``alpha`` is chosen on a validation split by the mean absolute
+    error, and the final fit uses train + validation. Returns the test error of each target and the
+    head's test predictions."""
+    x, y = torch.as_tensor(np.asarray(train_x), dtype=torch.float64), torch.as_tensor(np.asarray(train_y), dtype=torch.float64)
+    tx, ty = torch.as_tensor(np.asarray(test_x), dtype=torch.float64), torch.as_tensor(np.asarray(test_y), dtype=torch.float64)
+    if x.ndim != 2 or tx.ndim != 2 or x.shape[1] != tx.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {tuple(x.shape)} and {tuple(tx.shape)}")
+    if y.ndim == 1:
+        y, ty = y[:, None], ty[:, None]
+    if len(x) != len(y) or len(tx) != len(ty) or y.shape[1] != ty.shape[1]:
+        raise ValueError(f"features and targets disagree: {tuple(x.shape)}/{tuple(y.shape)} and "
+                         f"{tuple(tx.shape)}/{tuple(ty.shape)}")
+
+    def fit_predict(fx, fy, px, alpha):
+        mean, std, centre = fx.mean(0), fx.std(0) + 1e-6, fy.mean(0)
+        w = _ridge((fx - mean) / std, fy - centre, alpha)
+        return (px - mean) / std @ w + centre
+
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(x)))
+    n_val = max(1, int(round(validation_fraction * len(x))))
+    val, fit = order[:n_val], order[n_val:]
+    validation = {a: float((fit_predict(x[fit], y[fit], x[val], a) - y[val]).abs().mean()) for a in alphas}
+    best = min(validation, key=lambda a: (validation[a], -a))  # ties: the stronger penalty
+    predictions = fit_predict(x, y, tx, best)  # (N_test, T)
+    error = (predictions - ty).abs().mean(0)
+    return BoxProbeResult(tuple(float(e) for e in error), best, validation, predictions.float())
+
+
+def segmentation_scores(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Scores of a dense labelling, class 0 being the background: ``where`` is the IoU of "object"
+    (any class but 0) between prediction and truth; ``what`` the accuracy of the class where both
+    say object; ``mIoU`` the mean over classes of each class's IoU (classes absent from both are
+    skipped); ``accuracy`` the share of positions labelled right."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"predicted and target labels differ in shape: {tuple(predicted.shape)} and {tuple(target.shape)}")
+    predicted, target = predicted.long(), target.long()
+    pred_object, true_object = predicted > 0, target > 0
+    both = pred_object & true_object
+    union = (pred_object | true_object).sum()
+    ious = []
+    for c in range(num_classes):
+        u = ((predicted == c) | (target == c)).sum()
+        if u > 0:
+            ious.append(float(((predicted == c) & (target == c)).sum() / u))
+    return {
+        "where": float(both.sum() / union) if union > 0 else float("nan"),
+        "what": float((predicted[both] == target[both]).float().mean()) if both.any() else float("nan"),
+        "mIoU": sum(ious) / len(ious),
+        "accuracy": float((predicted == target).float().mean()),
+    }
+
+
 CLIP_PAPER_STEPS_PER_DECADE = 8  # lambda from 1e-6 to 1e6: 12 decades, 96 steps, 97 values
 
 

@@ -85,6 +85,20 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> tor
     return x.reshape(b, c, g * p, g * p)
 
 
+def patch_coverage(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """How much of each patch a mask covers: (B, H, W) in [0, 1] -> (B, N), patches row by row
+    (the order of :func:`patchify` and of the ViT's tokens). Per-patch labels for dense heads
+    (notebook 14) come from it."""
+    if masks.dim() != 3:
+        raise ValueError(f"expected (B, H, W) masks, got shape {tuple(masks.shape)}")
+    b, h, w = masks.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"mask size {h}x{w} is not a multiple of the patch size {p}")
+    x = masks.float().reshape(b, h // p, p, w // p, p)  # (B, gh, P, gw, P)
+    return x.mean(dim=(2, 4)).reshape(b, (h // p) * (w // p))  # (B, N)
+
+
 class PatchEmbedding(nn.Module):
     """Project each P x P patch to a D-dim token with one strided convolution.
 

@@ -1,10 +1,15 @@
-"""The supervised baseline: a classifier trained with labels (notebooks 03 and 10).
+"""The supervised baseline: a classifier trained with labels (notebooks 03 and 10); probing and
+fine-tuning a trained tower with labels (notebook 15).
 
 CLIP's image tower learns from captions. The classic way to train the same Vision Transformer is
 with labels: a linear head on the CLS features (:class:`clipedu.vision.ViTClassifier`) and a
 cross-entropy loss. :func:`train_classifier` does that in the course's loop (:mod:`clipedu.loop`: AdamW, warm-up
 then cosine decay, clipping, mixed precision, on-device batches, checkpoints), so "a supervised ViT
 of the same size and budget" is a fair baseline for CLIP.
+
+The same loop fine-tunes CLIP's own image tower: :class:`HeadOnTower` puts a linear head on any
+tower's CLS features, :func:`fit_head` fits that head alone on frozen features (a linear probe in
+torch, whose weights can then start a fine-tuning run: LP-FT).
 """
 
 from __future__ import annotations
@@ -17,6 +22,48 @@ from torch import nn
 from clipedu.data import CaptionedImages, DeviceLoader, to_float
 from clipedu.loop import History, Loop, TrainConfig
 from clipedu.runtime import pick_device
+
+
+class HeadOnTower(nn.Module):
+    """A linear head on a vision tower's CLS features (before the projection): images -> (B, K)
+    logits. Trained with the tower frozen it is a linear probe; with the tower, fine-tuning."""
+
+    def __init__(self, tower: nn.Module, num_classes: int, head: nn.Linear | None = None):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        width = tower.cfg.width
+        if head is not None and (head.in_features, head.out_features) != (width, num_classes):
+            raise ValueError(f"the head should map {width} features to {num_classes} classes, "
+                             f"got {head.in_features} -> {head.out_features}")
+        self.tower = tower
+        self.head = head if head is not None else nn.Linear(width, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(images).features)  # (B, K)
+
+
+def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300, lr: float = 1e-2,
+             weight_decay: float = 1e-4, seed: int = 0) -> nn.Linear:
+    """Multinomial logistic regression on frozen features (N, D), full batch, AdamW: the linear probe
+    as an ``nn.Linear`` whose weights can start fine-tuning (LP-FT). Deterministic for a seed."""
+    if features.dim() != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(features.shape[1], num_classes)
+    with torch.no_grad():  # the usual nn.Linear initialisation, from the seed's generator
+        bound = features.shape[1] ** -0.5
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    head = head.to(features.device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    x, y = features.detach().float(), labels.to(features.device)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(head(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head.eval()
 
 
 def classifier_config(**overrides) -> TrainConfig:

@@ -245,3 +245,26 @@ def test_64_pixel_images_and_zero_shot_prompts():
         for prompts in data.prompts(attribute):
             for prompt in prompts:
                 assert set(words(prompt)) <= vocabulary, prompt
+
+
+def test_geometry_keeps_the_same_pictures_and_says_where_each_object_is():
+    world = ShapesWorld(seed=3)
+    plain = world.generate(64, "test")
+    kept = world.generate(64, "test", geometry=True)
+    assert torch.equal(plain.images, kept.images) and "masks" not in plain.info
+    masks, boxes = kept.info["masks"], kept.info["boxes"]
+    size = world.image_size
+    assert masks.shape == (64, 1, size, size) and boxes.shape == (64, 1, 3)
+    assert masks.min() >= 0 and masks.max() <= 1 and (masks.flatten(1).sum(1) > 1).all()
+    # the box's centre lies in the grid cell the caption names, and the mask lies within its radius
+    row, col = kept.labels["position"] // 3, kept.labels["position"] % 3
+    cx, cy, r = boxes[:, 0].unbind(-1)
+    assert torch.equal((cx * 3 // size).long(), col) and torch.equal((cy * 3 // size).long(), row)
+    pixel = torch.arange(size) + 0.5
+    distance = ((pixel.view(1, 1, -1) - cx.view(-1, 1, 1)) ** 2 + (pixel.view(1, -1, 1) - cy.view(-1, 1, 1)) ** 2).sqrt()
+    assert (masks[:, 0][distance > 1.5 * r.view(-1, 1, 1) + 1] == 0).all()
+    # the object's colour is painted where its mask is full
+    full = masks[:, 0] > 0.99
+    assert (kept.images.float().amax(1)[full] > 100).float().mean() > 0.95
+    two = ShapesWorld(seed=3, num_objects=2).generate(16, "test", geometry=True)
+    assert two.info["masks"].shape == (16, 2, size, size) and two.info["boxes"].shape == (16, 2, 3)

@@ -6,12 +6,14 @@ import torch.nn.functional as F
 from clipedu import CLIP, preset
 from clipedu.data import ShapesWorld, build_tokenizer
 from clipedu.evaluate import (
+    box_probe,
     clip_paper_search,
     confusion_matrix,
     encode_texts,
     few_shot_indices,
     linear_probe,
     retrieval_recall,
+    segmentation_scores,
     swapped_caption_accuracy,
     topk_accuracy,
     zero_shot,
@@ -165,3 +167,42 @@ def test_swapped_caption_accuracy_is_a_fraction():
                         context_length=tok.context_length)).eval()
     acc = swapped_caption_accuracy(model, tok, data)
     assert 0.0 <= acc <= 1.0
+
+
+def test_box_probe_recovers_a_linear_target_and_picks_its_penalty():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 3, generator=g)
+    x, tx = torch.randn(400, 12, generator=g) * 5 + 2, torch.randn(200, 12, generator=g) * 5 + 2
+    y, ty = x @ w + 7, tx @ w + 7
+    exact = box_probe(x, y, tx, ty)
+    assert max(exact.error) < 0.05 and exact.best_alpha == 0.1 and set(exact.validation) == {0.1, 1, 10, 100, 1000}
+    assert exact.predictions.shape == (200, 3)
+    assert torch.allclose((exact.predictions.double() - ty).abs().mean(0), torch.tensor(exact.error, dtype=torch.float64))
+    # noise features: the error stays that of guessing the mean, and the strongest penalty wins
+    noise = box_probe(torch.randn(400, 12, generator=g), y, torch.randn(200, 12, generator=g), ty)
+    guess = (ty - y.mean(0)).abs().mean(0)
+    assert all(abs(e - m) < 0.15 * m for e, m in zip(noise.error, guess.tolist()))
+    assert noise.best_alpha >= 100
+    one = box_probe(x.numpy(), y[:, 0].numpy(), tx.numpy(), ty[:, 0].numpy())
+    assert len(one.error) == 1 and one.error[0] < 0.05
+
+
+def test_box_probe_names_bad_shapes():
+    with pytest.raises(ValueError, match=r"features must be \(N, D\) with the same D"):
+        box_probe(torch.zeros(10, 3), torch.zeros(10, 2), torch.zeros(5, 4), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="features and targets disagree"):
+        box_probe(torch.zeros(10, 3), torch.zeros(9, 2), torch.zeros(5, 3), torch.zeros(5, 2))
+
+
+def test_segmentation_scores_separate_where_from_what():
+    target = torch.tensor([[0, 1, 1, 0], [0, 2, 2, 0]])
+    assert segmentation_scores(target, target, 3) == {"where": 1.0, "what": 1.0, "mIoU": 1.0, "accuracy": 1.0}
+    wrong_class = torch.tensor([[0, 2, 2, 0], [0, 2, 2, 0]])  # every object found, half named wrong
+    s = segmentation_scores(wrong_class, target, 3)
+    assert s["where"] == 1.0 and s["what"] == 0.5 and s["accuracy"] == 0.75
+    assert s["mIoU"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    shifted = torch.tensor([[1, 1, 0, 0], [0, 2, 2, 0]])  # right class, one object moved by one
+    s = segmentation_scores(shifted, target, 3)
+    assert s["where"] == pytest.approx(3 / 5) and s["what"] == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        segmentation_scores(target[:1], target, 3)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from clipedu.patches import PatchEmbedding, check_images, patchify, unpatchify
+from clipedu.patches import PatchEmbedding, check_images, patch_coverage, patchify, unpatchify
 
 
 @pytest.mark.parametrize("c,size,p", [(3, 32, 8), (1, 12, 4), (3, 224, 32)])
@@ -40,3 +40,18 @@ def test_unpatchify_rejects_wrong_vector_length():
 
 def test_check_images_accepts_a_good_batch():
     check_images(torch.zeros(2, 3, 32, 32), 3, 32)
+
+
+def test_patch_coverage_averages_each_patch_in_token_order():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4, 4:] = 1.0  # the top-right patch of a 2 x 2 grid
+    masks[1, 4:, :2] = 1.0  # half of the bottom-left patch
+    cover = patch_coverage(masks, 4)
+    assert torch.equal(cover, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0]]))
+    # the same order as patchify: the mean of each flattened patch
+    m = torch.rand(3, 12, 12)
+    assert torch.allclose(patch_coverage(m, 4), patchify(m[:, None], 4).mean(-1))
+    with pytest.raises(ValueError, match=r"expected \(B, H, W\) masks"):
+        patch_coverage(torch.zeros(2, 1, 8, 8), 4)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 3"):
+        patch_coverage(torch.zeros(2, 8, 8), 3)

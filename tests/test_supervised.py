@@ -4,8 +4,15 @@ import torch
 from clipedu import preset
 from clipedu.data import ShapesWorld
 from clipedu.loop import History
-from clipedu.supervised import ClassifierLoop, classifier_config, predict_classes, train_classifier
-from clipedu.vision import ViTClassifier
+from clipedu.supervised import (
+    ClassifierLoop,
+    HeadOnTower,
+    classifier_config,
+    fit_head,
+    predict_classes,
+    train_classifier,
+)
+from clipedu.vision import ViTClassifier, VisionTransformer
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +81,37 @@ def test_the_classifier_resumes_exactly_from_its_checkpoint(data, tmp_path):
     resumed = train_classifier(_model(), data, "shape", cfg, device="cpu", out_dir=tmp_path, resume=True,
                                progress=False)
     assert resumed.loss == full.loss and resumed.accuracy == full.accuracy
+
+
+def test_fit_head_is_a_deterministic_probe_on_frozen_features():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 10, generator=g) * 3
+    labels = torch.arange(90) % 3
+    features = centres[labels] + torch.randn(90, 10, generator=g)
+    head = fit_head(features, labels, 3, seed=1)
+    assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (10, 3)
+    assert (head(features).argmax(1) == labels).float().mean() == 1.0
+    again = fit_head(features, labels, 3, seed=1)
+    assert torch.equal(head.weight, again.weight) and not torch.equal(head.weight, fit_head(features, labels, 3, seed=2).weight)
+    assert not features.requires_grad
+    with pytest.raises(ValueError, match=r"expected features \(N, D\) and labels \(N,\)"):
+        fit_head(features, labels[:5], 3)
+
+
+def test_head_on_tower_trains_the_head_alone_when_the_tower_is_frozen(data):
+    torch.manual_seed(0)
+    cfg = preset("tiny", vision_width=32, vision_layers=1, vision_heads=2).vision
+    tower = VisionTransformer(cfg, embed_dim=16)
+    model = HeadOnTower(tower, 8)
+    assert model(torch.rand(4, 3, 32, 32)).shape == (4, 8)
+    frozen = {k: v.clone() for k, v in tower.state_dict().items()}
+    tower.requires_grad_(False)
+    head_before = model.head.weight.clone()
+    train_classifier(model, data, "colour", classifier_config(steps=5, batch_size=32), device="cpu", progress=False)
+    assert all(torch.equal(frozen[k], v) for k, v in tower.state_dict().items())  # the probe leaves the tower as it was
+    assert not torch.equal(head_before, model.head.weight)
+    # a head that starts fine-tuning must fit the tower
+    with pytest.raises(ValueError, match="the head should map 32 features to 8 classes, got 10 -> 8"):
+        HeadOnTower(tower, 8, torch.nn.Linear(10, 8))
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        HeadOnTower(tower, 1)

@@ -156,11 +156,15 @@ class ShapesWorld:
 
     # -- generation ------------------------------------------------------------------------
 
-    def generate(self, n: int, split: str = "train", seed: int | None = None) -> CaptionedImages:
+    def generate(self, n: int, split: str = "train", seed: int | None = None,
+                 geometry: bool = False) -> CaptionedImages:
         """``n`` captioned images of ``split`` ("train", "test" or "heldout").
 
         The same (seed, split) always gives the same images; different splits draw from
         different random streams even with the same seed. ``seed`` defaults to the world's.
+        ``geometry=True`` also keeps where each object is (the same images either way):
+        ``info["masks"]``, (n, objects, S, S) floats in [0, 1], how much of each pixel the object
+        covers, and ``info["boxes"]``, (n, objects, 3): its centre x, centre y and radius in pixels.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
@@ -179,7 +183,7 @@ class ShapesWorld:
             objects, relation = [self._sample_single(n, combos, gen)], None
         else:
             objects, relation = self._sample_pair(n, combos, gen, split)
-        images = self._render(objects, gen)
+        images, masks, boxes = self._render(objects, gen, geometry)
         labels, class_names = self._labels(objects, relation)
         captions, hard_negatives = self._captions(objects, relation, rng)
         return CaptionedImages(
@@ -195,7 +199,8 @@ class ShapesWorld:
                   "num_objects": self.num_objects, "image_size": self.image_size,
                   # A shift of more than about 1/16 of the side could carry an object across the
                   # border of its grid cell, and its position in the caption would be wrong.
-                  "crop_padding": self.image_size // 16},
+                  "crop_padding": self.image_size // 16,
+                  **({"masks": masks, "boxes": boxes} if geometry else {})},
         )
 
     def _sample_single(self, n, combos, gen) -> dict[str, torch.Tensor]:
@@ -243,7 +248,9 @@ class ShapesWorld:
             })
         return objects, relation
 
-    def _render(self, objects, gen) -> torch.Tensor:
+    def _render(self, objects, gen, geometry: bool = False):
+        """The pictures (n, 3, S, S) uint8, and with ``geometry`` each object's coverage mask
+        (n, objects, S, S) and box (n, objects, 3); otherwise None, None."""
         n, size = len(objects[0]["shape"]), self.image_size
         rgb = torch.tensor([RGB[c] for c in self.COLOURS], dtype=torch.float32)  # (8, 3)
         centres = torch.tensor(CELL_CENTRES) * size
@@ -258,13 +265,19 @@ class ShapesWorld:
             layers.append((obj["shape"], cx, cy, radius, colour.clamp(0, 255)))
         background = torch.rand(n, generator=gen) * 40  # a dark grey, different in each picture
         images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+        kept = torch.empty(n, len(layers), size, size) if geometry else None
         chunk = max(1, 2**22 // (size * size))  # bounds memory: about 16 MB of floats per mask
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
             masks = [(coverage(s[sl], x[sl], y[sl], r[sl], size), c[sl]) for s, x, y, r, c in layers]
             noise = torch.randn(sl.stop - sl.start, 1, size, size, generator=gen) * self.noise
             images[sl] = compose(background[sl], masks, noise)  # (chunk, 3, S, S)
-        return images
+            if geometry:
+                kept[sl] = torch.stack([m for m, _ in masks], dim=1)
+        if not geometry:
+            return images, None, None
+        boxes = torch.stack([torch.stack([x, y, r], dim=-1) for _, x, y, r, _ in layers], dim=1)  # (n, objects, 3)
+        return images, kept, boxes
 
     def _labels(self, objects, relation):
         names = {"shape": list(self.SHAPES), "colour": list(self.COLOURS), "size": list(self.SIZES),
