@@ -315,8 +315,10 @@ def box_probe(
     mean and std, the L2 strength ``alpha`` is chosen on a validation split by the mean absolute
     error, and the final fit uses train + validation. Returns the test error of each target and the
     head's test predictions."""
-    x, y = torch.as_tensor(np.asarray(train_x), dtype=torch.float64), torch.as_tensor(np.asarray(train_y), dtype=torch.float64)
-    tx, ty = torch.as_tensor(np.asarray(test_x), dtype=torch.float64), torch.as_tensor(np.asarray(test_y), dtype=torch.float64)
+    def as64(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float64)
+
+    x, y, tx, ty = as64(train_x), as64(train_y), as64(test_x), as64(test_y)
     if x.ndim != 2 or tx.ndim != 2 or x.shape[1] != tx.shape[1]:
         raise ValueError(f"features must be (N, D) with the same D, got {tuple(x.shape)} and {tuple(tx.shape)}")
     if y.ndim == 1:
@@ -346,7 +348,8 @@ def segmentation_scores(predicted: torch.Tensor, target: torch.Tensor, num_class
     say object; ``mIoU`` the mean over classes of each class's IoU (classes absent from both are
     skipped); ``accuracy`` the share of positions labelled right."""
     if predicted.shape != target.shape:
-        raise ValueError(f"predicted and target labels differ in shape: {tuple(predicted.shape)} and {tuple(target.shape)}")
+        raise ValueError(f"predicted and target labels differ in shape: {tuple(predicted.shape)} and "
+                         f"{tuple(target.shape)}")
     predicted, target = predicted.long(), target.long()
     pred_object, true_object = predicted > 0, target > 0
     both = pred_object & true_object

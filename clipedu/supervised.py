@@ -48,7 +48,8 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ste
     """Multinomial logistic regression on frozen features (N, D), full batch, AdamW: the linear probe
     as an ``nn.Linear`` whose weights can start fine-tuning (LP-FT). Deterministic for a seed."""
     if features.dim() != 2 or labels.shape != features.shape[:1]:
-        raise ValueError(f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and "
+                         f"{tuple(labels.shape)}")
     generator = torch.Generator().manual_seed(seed)
     head = nn.Linear(features.shape[1], num_classes)
     with torch.no_grad():  # the usual nn.Linear initialisation, from the seed's generator

@@ -314,3 +314,11 @@ def test_every_glossary_term_is_used_and_the_required_ones_are_there():
                    "cls token", "eot pooling", "causal mask"):
         assert needed in names, needed
     assert "GLOSSARY.md" not in course.check_all()
+
+
+def test_strip_gives_every_cell_a_unique_id():
+    nb = _notebook()
+    for cell in nb["cells"]:
+        cell["id"] = "same"
+    ids = [c["id"] for c in course.strip_notebook(nb)["cells"]]
+    assert len(set(ids)) == len(ids) and ids[0] == "same"

@@ -261,7 +261,8 @@ def test_geometry_keeps_the_same_pictures_and_says_where_each_object_is():
     cx, cy, r = boxes[:, 0].unbind(-1)
     assert torch.equal((cx * 3 // size).long(), col) and torch.equal((cy * 3 // size).long(), row)
     pixel = torch.arange(size) + 0.5
-    distance = ((pixel.view(1, 1, -1) - cx.view(-1, 1, 1)) ** 2 + (pixel.view(1, -1, 1) - cy.view(-1, 1, 1)) ** 2).sqrt()
+    dx, dy = pixel.view(1, 1, -1) - cx.view(-1, 1, 1), pixel.view(1, -1, 1) - cy.view(-1, 1, 1)
+    distance = (dx**2 + dy**2).sqrt()
     assert (masks[:, 0][distance > 1.5 * r.view(-1, 1, 1) + 1] == 0).all()
     # the object's colour is painted where its mask is full
     full = masks[:, 0] > 0.99

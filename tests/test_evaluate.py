@@ -177,7 +177,8 @@ def test_box_probe_recovers_a_linear_target_and_picks_its_penalty():
     exact = box_probe(x, y, tx, ty)
     assert max(exact.error) < 0.05 and exact.best_alpha == 0.1 and set(exact.validation) == {0.1, 1, 10, 100, 1000}
     assert exact.predictions.shape == (200, 3)
-    assert torch.allclose((exact.predictions.double() - ty).abs().mean(0), torch.tensor(exact.error, dtype=torch.float64))
+    error = (exact.predictions.double() - ty).abs().mean(0)
+    assert torch.allclose(error, torch.tensor(exact.error, dtype=torch.float64))
     # noise features: the error stays that of guessing the mean, and the strongest penalty wins
     noise = box_probe(torch.randn(400, 12, generator=g), y, torch.randn(200, 12, generator=g), ty)
     guess = (ty - y.mean(0)).abs().mean(0)

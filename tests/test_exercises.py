@@ -108,3 +108,21 @@ def test_prediction_accepts_its_answer_and_explains_the_rest():
         prediction("x", "?", "maybe", why="", hint="", choices=("yes", "no"))
     with pytest.raises(ValueError, match="kind should be one of"):
         Exercise("k", "t", lambda a: None, "h", "x = 1", lambda: 1, kind="quiz")
+
+
+def test_every_notebook_has_a_prediction_a_derivation_and_an_experiment():
+    import importlib
+    import pkgutil
+
+    import clipedu.exercises as package
+
+    modules = sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    assert len(modules) >= 14
+    for name in modules:
+        module = importlib.import_module(f"clipedu.exercises.{name}")
+        kinds = {v.kind for v in vars(module).values() if isinstance(v, Exercise)}
+        missing = {"predict", "derive", "experiment"} - kinds
+        assert not missing, f"{name} has no exercise of kind {sorted(missing)}"
+        for v in vars(module).values():
+            if isinstance(v, Exercise) and v.kind == "predict":
+                assert v.name.startswith("predict_"), f"{name}.{v.name}: a prediction's name starts with predict_"

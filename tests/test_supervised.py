@@ -12,7 +12,7 @@ from clipedu.supervised import (
     predict_classes,
     train_classifier,
 )
-from clipedu.vision import ViTClassifier, VisionTransformer
+from clipedu.vision import VisionTransformer, ViTClassifier
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,8 @@ def test_fit_head_is_a_deterministic_probe_on_frozen_features():
     assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (10, 3)
     assert (head(features).argmax(1) == labels).float().mean() == 1.0
     again = fit_head(features, labels, 3, seed=1)
-    assert torch.equal(head.weight, again.weight) and not torch.equal(head.weight, fit_head(features, labels, 3, seed=2).weight)
+    other = fit_head(features, labels, 3, seed=2)
+    assert torch.equal(head.weight, again.weight) and not torch.equal(head.weight, other.weight)
     assert not features.requires_grad
     with pytest.raises(ValueError, match=r"expected features \(N, D\) and labels \(N,\)"):
         fit_head(features, labels[:5], 3)

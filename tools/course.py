@@ -525,8 +525,12 @@ def strip_notebook(nb: dict) -> dict:
     meta.setdefault("colab", {"provenance": []})
     meta["accelerator"] = "GPU"  # Colab opens the notebook with a GPU runtime selected
     nb["nbformat"], nb["nbformat_minor"] = 4, 5
+    seen = set()
     for i, cell in enumerate(nb["cells"]):
         cell.setdefault("id", f"cell-{i}")
+        if cell["id"] in seen:  # a cell inserted by hand with an id already taken
+            cell["id"] = next(f"cell-{i}-{k}" for k in range(len(nb["cells"]) + 1) if f"cell-{i}-{k}" not in seen)
+        seen.add(cell["id"])
     return nb
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-
 KINDS = ("implement", "predict", "derive", "experiment")
 
 

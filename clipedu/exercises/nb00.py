@@ -1,13 +1,16 @@
-"""Exercises of notebook 00: counting the data, finding the held-out pairs."""
+"""Exercises of notebook 00: counting the data, finding the held-out pairs, how the split size changes what is
+missing, the untrained model's diagonal, the loss of a guess."""
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 from clipedu.data import ShapesWorld
-from clipedu.exercises import Exercise, compare_tensors
+from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
 
 
 @cache
@@ -165,3 +168,156 @@ missing_pairs = Exercise(
 
 def _default_holdout():
     return ShapesWorld.DEFAULT_HOLDOUT
+
+
+# --- 3. an experiment: how big must a split be to show every pair? ----------------------------------
+_MAX_SIZE = 3000
+
+
+def experiment_setup() -> ShapesWorld:
+    """The world of the experiment, the same on every call: ShapesWorld(seed=7), the default holdout."""
+    return ShapesWorld(seed=7)
+
+
+@cache
+def _missing_count(n: int) -> int:
+    data = experiment_setup().generate(n, "train")
+    return 64 - len(set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist())))
+
+
+def _check_pairs_experiment(fn) -> str | None:
+    measured = fn(experiment_setup())
+    if not isinstance(measured, dict):
+        return f"return a dict {{split size: number of missing pairs}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} size(s); an experiment needs at least 3 split sizes to show a trend "
+                "(e.g. 25, 100, 400 and 1000).")
+    for n in measured:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_SIZE:
+            return f"each key is a split size, a whole number from 1 to {_MAX_SIZE:,}; got {n!r}."
+    if max(measured) < 1000:
+        return ("include a large split, 1,000 pictures or more: the baseline where only the held-out pairs are "
+                "missing, which the smaller splits are compared with.")
+    for n, value in sorted(measured.items()):
+        if isinstance(value, (set, list, tuple, frozenset)):
+            return (f"for n = {n} you returned a {type(value).__name__} of pairs; the measurement is one number, "
+                    "how many pairs are missing (its len).")
+        got = as_number(value)
+        if got is None:
+            return f"the measurement for n = {n} should be one number, got {type(value).__name__}."
+        expected = _missing_count(n)
+        if got == expected:
+            continue
+        if got == 64 - expected:
+            return (f"for n = {n} you counted the {int(got)} pairs that do occur; the task asks for the pairs that "
+                    f"never do ({expected} on the checker's run).")
+        if got == len(ShapesWorld.DEFAULT_HOLDOUT):
+            return (f"for n = {n} you reported {int(got)}, the number of pairs the world holds out by design; a split "
+                    f"of {n} pictures misses {expected} pairs: measure it from the labels of world.generate({n}, "
+                    "'train').")
+        return (f"for n = {n} the checker generated world.generate({n}, 'train') and found {expected} missing pairs, "
+                f"you reported {got:g}: count the (colour, shape) pairs of the 64 that no picture shows.")
+    return None
+
+
+def _reference_pairs_experiment(world, sizes=(25, 100, 400, 1000)):
+    return {n: _missing_count(n) for n in sizes}
+
+
+pairs_experiment = Exercise(
+    name="pairs_experiment",
+    task="my_experiment(world) -> {split size n: how many of the 64 (colour, shape) pairs never occur in "
+    "world.generate(n, 'train')}, for at least 3 sizes, one of them 1,000 or more",
+    checker=_check_pairs_experiment,
+    hint_text="For each n: data = world.generate(n, 'train'); the pairs seen are set(zip(data.labels['colour']"
+    ".tolist(), data.labels['shape'].tolist())); 64 minus their number are missing.",
+    solution_code="""
+    def my_experiment(world):
+        missing = {}
+        for n in (25, 100, 400, 1000):  # the one thing changed: the size of the split
+            data = world.generate(n, "train")
+            seen = set(zip(data.labels["colour"].tolist(), data.labels["shape"].tolist()))
+            missing[n] = 8 * 8 - len(seen)  # pairs of the 64 that no picture shows
+        return missing
+    """,
+    reference=lambda: _reference_pairs_experiment,
+    mistakes=[
+        (lambda: lambda world: {50: 40, 200: 20, 1000: 8}, "the checker generated"),
+        (lambda: lambda world: _reference_pairs_experiment(world, (100, 1000)), "at least 3"),
+        (lambda: lambda world: _reference_pairs_experiment(world, (25, 100, 400)), "large split"),
+        (lambda: lambda world: {n: 64 - c for n, c in _reference_pairs_experiment(world).items()}, "do occur"),
+        (lambda: lambda world: {n: 8 for n in (25, 100, 1000)}, "by design"),
+        (lambda: lambda world: {n: set() for n in (25, 100, 1000)}, "one number"),
+    ],
+    success="small splits miss many pairs by chance (44 of 64 at 25 pictures); from a few hundred pictures on only "
+    "the 8 held-out pairs stay missing, so missing_pairs needs a large enough split to find exactly them.",
+    kind="experiment",
+)
+
+
+# --- 4. a prediction: does the untrained model know which caption is whose? ------------------------------
+predict_untrained_diagonal = prediction(
+    "predict_untrained_diagonal",
+    "In the untrained model's 8 x 8 logit matrix, the mean logit on the diagonal (each picture with its own "
+    "caption) compared with off the diagonal will be: 'clearly higher', 'about the same' or 'clearly lower'?",
+    "about the same",
+    choices=("clearly higher", "about the same", "clearly lower"),
+    why="Random weights know nothing about which caption belongs to which picture, so a picture's own caption is "
+    "just one of eight captions to it: the diagonal and the other entries differ only by chance.",
+    hint="What would the model need to know to give a picture's own caption a higher score?",
+)
+
+
+# --- 5. a derivation: the loss of a guess ----------------------------------------------------------------
+def _brute_chance_loss(k: int) -> float:
+    logits = torch.full((k, k), 3.7, dtype=torch.float64)  # every score equal: no preference at all
+    labels = torch.arange(k)
+    return ((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2).item()
+
+
+def _check_chance_loss(fn) -> str | None:
+    for k in (8, 64, 2, 1000):
+        got = as_number(fn(k))
+        if got is None:
+            return f"chance_loss({k}) should return one number, got {type(fn(k)).__name__}."
+        expected = _brute_chance_loss(k)
+        if abs(got - expected) <= 1e-6 * max(1.0, expected):
+            continue
+        where = f"chance_loss({k}) = {got:.6g}, but the cross-entropy of {k} equal logits is {expected:.6g}."
+        if abs(got - math.log2(k)) < 1e-9:
+            return where + " That is log2: PyTorch's cross-entropy uses the natural log (nats, not bits)."
+        if abs(got + math.log(k)) < 1e-9:
+            return where + " Check the sign: a loss is minus the log of a probability, and a probability below 1 " \
+                           "has a negative log, so the loss is positive."
+        if abs(got - 1 / k) < 1e-9:
+            return where + " 1/K is the probability the model gives the right answer; the loss is -ln of it."
+        if k > 2 and abs(got - math.log(k - 1)) < 1e-9:
+            return where + " The softmax runs over all K entries, the right one included, not only the K - 1 others."
+        return where + " Every entry of the softmax of K equal numbers is the same; the loss is -ln of the right one."
+    return None
+
+
+chance_loss = Exercise(
+    name="chance_loss",
+    task="chance_loss(k) -> the contrastive loss of a batch of k pairs when every logit is the same, in closed form",
+    checker=_check_chance_loss,
+    hint_text="With all k logits of a row equal, the softmax gives each entry exp(c) / (k exp(c)). The cross-entropy "
+    "is minus the natural log of the right entry's probability, and both directions give the same.",
+    solution_code="""
+    import math
+
+
+    def chance_loss(k):
+        return math.log(k)  # -ln(1/k): the softmax of k equal logits gives the right caption 1/k
+    """,
+    reference=lambda: lambda k: math.log(k),
+    mistakes=[
+        (lambda: lambda k: math.log2(k), "natural log"),
+        (lambda: lambda k: -math.log(k), "sign"),
+        (lambda: lambda k: 1 / k, "probability"),
+        (lambda: lambda k: math.log(k - 1), "K entries"),
+    ],
+    success="a model that cannot tell the pairs apart scores ln B on a batch of B; training must push the loss "
+    "below it. The next cell compares the untrained model with ln 8.",
+    kind="derive",
+)

@@ -1,11 +1,13 @@
-"""Exercises of notebook 01: patchify by hand, the sequence length of a config, conv weights as linear."""
+"""Exercises of notebook 01: patchify by hand, the sequence length of a config, conv weights as linear, the number
+of patches of ViT-B/32, the work of the patch embedding, how much position a shuffle needs to show."""
 
 from __future__ import annotations
 
 import torch
 
 from clipedu.config import VisionConfig, preset
-from clipedu.exercises import Exercise, compare_tensors
+from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
+from clipedu.patches import PatchEmbedding
 from clipedu.patches import patchify as _patchify
 
 
@@ -195,4 +197,209 @@ conv_to_linear = Exercise(
         (lambda: lambda weight: weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1), "wrong order"),
         (lambda: lambda weight: weight.flatten(), "should have shape"),
     ],
+)
+
+
+# --- 4. a prediction: how many patches does ViT-B/32 read? --------------------------------------------
+predict_patch_count = prediction(
+    "predict_patch_count",
+    "ViT-B/32 cuts a 224 x 224 photo into 32 x 32 patches: how many patches (not counting the CLS token)?",
+    49,
+    rel=0.0,
+    wrong=(7, 50, 196),
+    why="224 / 32 = 7 patches along each side, and 7 x 7 = 49 in all (50 tokens with the CLS token, which is not "
+    "a patch; 196 would be ViT-B/16's).",
+    hint="How many patches fit along one side? The grid is square.",
+)
+
+
+# --- 5. a derivation: the work of the patch embedding ---------------------------------------------------
+_MAC_CASES = ((32, 8, 3, 96), (224, 32, 3, 768), (224, 16, 3, 768), (48, 4, 1, 10), (30, 10, 2, 5))
+
+
+def _measured_macs(image_size: int, patch_size: int, channels: int, width: int) -> int:
+    """Multiply-adds of one image through PatchEmbedding, counted by PyTorch's FLOP counter (2 FLOPs each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    embed = PatchEmbedding(patch_size, width, channels)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        embed(torch.zeros(1, channels, image_size, image_size))
+    return counter.get_total_flops() // 2
+
+
+def _check_patch_embed_macs(fn) -> str | None:
+    for size, p, c, d in _MAC_CASES:
+        call = f"patch_embed_macs(image_size={size}, patch_size={p}, channels={c}, width={d})"
+        got = as_number(fn(size, p, c, d))
+        if got is None:
+            return f"{call} should return one number, got {type(fn(size, p, c, d)).__name__}."
+        expected = _measured_macs(size, p, c, d)
+        if got == expected:
+            continue
+        n = (size // p) ** 2
+        where = f"{call} = {got:,.0f}, but PyTorch's FLOP counter finds {expected:,} multiply-adds."
+        if got == 2 * expected:
+            return where + " You counted FLOPs (a multiply and an add each); count multiply-adds, one per weight use."
+        if got == d * c * p * p:
+            return where + f" That is the work for one patch; the image has {n} of them."
+        if got == (n + 1) * d * c * p * p:
+            return where + " The CLS token is not a patch: the embedding never sees it."
+        if got == n * d * c * p:
+            return where + " A patch holds C x P x P numbers: P squared, not P."
+        return where + " Count the numbers in one patch, the outputs per patch, and the patches per image."
+    return None
+
+
+patch_embed_macs = Exercise(
+    name="patch_embed_macs",
+    task="patch_embed_macs(image_size, patch_size, channels, width) -> multiply-adds of the patch embedding for "
+    "one image, in closed form",
+    checker=_check_patch_embed_macs,
+    hint_text="One token is W @ patch with W of shape (D, C*P*P): D * C * P * P multiply-adds. How many patches "
+    "are there? Multiply, and see what happens to P.",
+    solution_code="""
+    def patch_embed_macs(image_size, patch_size, channels, width):
+        num_patches = (image_size // patch_size) ** 2
+        per_patch = width * channels * patch_size**2  # W (D, C*P*P) times one flattened patch
+        return num_patches * per_patch  # = D * C * H * W when P divides the image: P cancels
+    """,
+    reference=lambda: lambda s, p, c, d: (s // p) ** 2 * d * c * p * p,
+    mistakes=[
+        (lambda: lambda s, p, c, d: 2 * (s // p) ** 2 * d * c * p * p, "multiply-adds"),
+        (lambda: lambda s, p, c, d: d * c * p * p, "one patch"),
+        (lambda: lambda s, p, c, d: ((s // p) ** 2 + 1) * d * c * p * p, "CLS"),
+        (lambda: lambda s, p, c, d: (s // p) ** 2 * d * c * p, "P squared"),
+    ],
+    success="every pixel meets every one of the D filters exactly once, so the work is D x C x H x W whatever "
+    "the patch size: smaller patches cost no more here; their price is paid in the transformer after it, whose "
+    "sequence grows.",
+    kind="derive",
+)
+
+
+# --- 6. an experiment: how much position does the model need to tell a shuffle apart? -------------------
+def experiment_setup():
+    """The untrained ViT of section 5 with its random position embeddings, one picture and the same picture
+    with its 16 patches shuffled, the same on every call: (vit, original (1, 3, 32, 32), shuffled)."""
+    from clipedu.data import ShapesWorld, to_float
+    from clipedu.patches import unpatchify
+    from clipedu.vision import VisionTransformer
+
+    with torch.random.fork_rng():  # the notebook's random state is left alone
+        torch.manual_seed(0)
+        vit = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4),
+                                embed_dim=32).eval()
+    original = to_float(ShapesWorld().generate(1, "train").images)  # (1, 3, 32, 32)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    shuffled = unpatchify(_patchify(original, 8)[:, perm], 8)
+    return vit, original, shuffled
+
+
+def _difference(vit, original, shuffled, scale, quantity="features", reduce="max"):
+    a, b = vit(original), vit(shuffled)
+    diff = (getattr(a, quantity) - getattr(b, quantity)).abs()
+    return (diff.max() if reduce == "max" else diff.mean()).item()
+
+
+def _run_scales(scales, cumulative=False, **kwargs):
+    vit, original, shuffled = experiment_setup()
+    positions = vit.pos_embed.detach().clone()
+    out = {}
+    with torch.no_grad():
+        for s in scales:
+            if cumulative:
+                vit.pos_embed.mul_(s)
+            else:
+                vit.pos_embed.copy_(s * positions)
+            out[s] = _difference(vit, original, shuffled, s, **kwargs)
+    return out
+
+
+def _close_to(got, expected):
+    return abs(got - expected) <= 1e-5 + 1e-3 * abs(expected)
+
+
+def _check_position_experiment(fn) -> str | None:
+    measured = fn(*experiment_setup())
+    if not isinstance(measured, dict):
+        return f"return a dict {{scale: largest difference of the CLS features}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} scale(s); an experiment needs at least 3 to show a trend "
+                "(e.g. 0, 0.1, 1 and 10).")
+    for s in measured:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 100:
+            return f"each key is a scale of the position embeddings, a number from 0 to 100; got {s!r}."
+    if 1 not in measured:
+        return "include the baseline, scale 1: the position embeddings as they are, the others are compared with."
+    values = {}
+    for s, value in measured.items():
+        got = as_number(value)
+        if got is None:
+            return (f"for scale {s} you returned {type(value).__name__}; the measurement is one number, the largest "
+                    "absolute difference between the two pictures' CLS features.")
+        values[s] = got
+    expected = _run_scales(list(measured))
+    if all(_close_to(values[s], expected[s]) for s in measured):
+        return None
+    checks = [
+        (_run_scales(list(measured), cumulative=True),
+         "each setting multiplied the already-scaled position embeddings again: keep a copy of the original ones "
+         "and set pos_embed to scale * original for every scale."),
+        (_run_scales(list(measured), quantity="embedding"),
+         "you compared the embeddings (after proj); the task measures the CLS features, vit(x).features."),
+        (_run_scales(list(measured), reduce="mean"),
+         "you took the mean absolute difference; the task measures the largest one (.abs().max())."),
+    ]
+    for wrong, advice in checks:
+        if all(_close_to(values[s], wrong[s]) for s in measured):
+            return advice
+    s = next(s for s in measured if not _close_to(values[s], expected[s]))
+    return (f"for scale {s} the checker measured a largest difference of {expected[s]:.4g} on the same ViT and "
+            f"pictures, you reported {values[s]:.4g}: set vit.pos_embed to scale times the original position "
+            "embeddings, then compare vit(original).features with vit(shuffled).features.")
+
+
+def _reference_position_experiment(vit, original, shuffled, scales=(0.0, 0.1, 1.0, 10.0)):
+    positions = vit.pos_embed.detach().clone()
+    out = {}
+    with torch.no_grad():
+        for s in scales:
+            vit.pos_embed.copy_(s * positions)
+            out[s] = _difference(vit, original, shuffled, s)
+    return out
+
+
+position_experiment = Exercise(
+    name="position_experiment",
+    task="my_experiment(vit, original, shuffled) -> {scale of the position embeddings: largest difference between "
+    "the CLS features of the picture and of its shuffled patches}, at least 3 scales, 1 included",
+    checker=_check_position_experiment,
+    hint_text="positions = vit.pos_embed.detach().clone() once; then for each scale, inside torch.no_grad(): "
+    "vit.pos_embed.copy_(scale * positions) and (vit(original).features - vit(shuffled).features).abs().max().",
+    solution_code="""
+    import torch
+
+
+    def my_experiment(vit, original, shuffled):
+        positions = vit.pos_embed.detach().clone()  # (17, 64): the original position embeddings
+        difference = {}
+        with torch.no_grad():
+            for scale in (0.0, 0.1, 1.0, 10.0):  # the one thing changed: how much position the tokens carry
+                vit.pos_embed.copy_(scale * positions)
+                a, b = vit(original).features, vit(shuffled).features  # (1, 64) each
+                difference[scale] = (a - b).abs().max().item()
+        return difference
+    """,
+    reference=lambda: _reference_position_experiment,
+    mistakes=[
+        (lambda: lambda vit, o, s: {0.0: 0.0, 1.0: 0.5, 10.0: 1.0}, "the checker measured"),
+        (lambda: lambda vit, o, s: _reference_position_experiment(vit, o, s, (0.0, 1.0)), "at least 3"),
+        (lambda: lambda vit, o, s: _reference_position_experiment(vit, o, s, (0.0, 0.1, 10.0)), "baseline"),
+        (lambda: lambda vit, o, s: _run_scales((0.5, 1.0, 2.0, 4.0), cumulative=True), "already-scaled"),
+        (lambda: lambda vit, o, s: _run_scales((0.0, 1.0, 10.0), quantity="embedding"), "features"),
+        (lambda: lambda vit, o, s: _run_scales((0.0, 1.0, 10.0), reduce="mean"), "largest"),
+    ],
+    success="at scale 0 the shuffle is invisible (float rounding only); with position embeddings the summary "
+    "depends on where each patch sits, more so as they grow, until the difference levels off.",
+    kind="experiment",
 )

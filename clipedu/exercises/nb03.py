@@ -1,11 +1,13 @@
-"""Exercises of notebook 03 (the Vision Transformer)."""
+"""Exercises of notebook 03 (the Vision Transformer): the pre-LN block, counting its parameters, rank collapse
+predicted and measured against depth."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from clipedu.exercises import Exercise
-from clipedu.transformer import ResidualBlock
+from clipedu.exercises import Exercise, as_number, prediction
+from clipedu.transformer import ResidualBlock, Transformer
 
 
 # --- 1. parameters of one block ---------------------------------------------------------------------
@@ -72,6 +74,7 @@ block_params = Exercise(
         (lambda: lambda w, r=4.0: _ref_block_params(w, 1.0), "mlp_ratio * D"),
     ],
     success="a block has about 12 D^2 parameters: 4 D^2 in attention, 8 D^2 in the MLP.",
+    kind="derive",
 )
 
 
@@ -163,4 +166,147 @@ pre_ln_block = Exercise(
         (lambda: lambda block, x: block(x), "tuple"),
     ],
     success="that is CLIP's block: the stream x is only ever added to.",
+)
+
+
+# --- 3. a prediction: what happens to the tokens without residuals? ----------------------------------------
+predict_no_residual = prediction(
+    "predict_no_residual",
+    "In a stack of 24 blocks without the residual additions, the mean cosine similarity between different tokens "
+    "of one image after the last block will be: 'near 0', 'about 0.5' or 'near 1'?",
+    "near 1",
+    choices=("near 0", "about 0.5", "near 1"),
+    why="Attention replaces each token by a weighted average of all of them; repeated block after block with nothing "
+    "carrying each token's own input forward, the averages become one and the same vector (rank collapse).",
+    hint="What does attention do to a set of tokens, and what keeps a token's own input around in the usual block?",
+)
+
+
+# --- 4. an experiment: how fast do the tokens collapse? -------------------------------------------------------
+_DEPTH = 24
+
+
+def experiment_setup():
+    """The deep stack of section 2 (24 blocks of width 64, 4 heads, CLIP's initialisation) and 8 'images' of 17
+    random tokens, the same on every call (the notebook's random state is left alone): (stack, tokens (8, 17, 64))."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        stack = Transformer(64, _DEPTH, heads=4)
+        stack.init_weights()
+        tokens = torch.randn(8, 17, 64)
+    return stack, tokens
+
+
+def _similarity(x: torch.Tensor, include_self: bool = False) -> float:
+    unit = F.normalize(x, dim=-1)  # (B, N, D)
+    cosines = unit @ unit.transpose(1, 2)  # (B, N, N)
+    n = x.shape[1]
+    if include_self:
+        return cosines.mean().item()
+    return ((cosines.sum((1, 2)) - n) / (n * (n - 1))).mean().item()
+
+
+def _run_depths(stack, tokens, depths, residual=False, measure="similarity"):
+    out = {}
+    with torch.no_grad():
+        for depth in depths:
+            x = tokens
+            for blk in stack.blocks[:depth]:
+                if residual:
+                    x = blk(x)[0]
+                else:
+                    x = blk.mlp(blk.ln_2(blk.attn(blk.ln_1(x))[0]))
+            if measure == "rms":
+                out[depth] = x.pow(2).mean().sqrt().item()
+            else:
+                out[depth] = _similarity(x, include_self=measure == "with self")
+    return out
+
+
+def _check_depth_experiment(fn) -> str | None:
+    stack, tokens = experiment_setup()
+    measured = fn(stack, tokens.clone())
+    if not isinstance(measured, dict):
+        return f"return a dict {{depth: mean cosine between different tokens}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} depth(s); an experiment needs at least 3 to show a trend "
+                "(e.g. 0, 1, 2, 3 and 6).")
+    for depth in measured:
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= _DEPTH:
+            return f"each key is a number of blocks, a whole number from 0 to {_DEPTH}; got {depth!r}."
+    if 0 not in measured:
+        return "include the baseline, depth 0: the input tokens themselves, before any block."
+    values = {}
+    for depth, value in measured.items():
+        got = as_number(value)
+        if got is None:
+            return f"the measurement for depth {depth} should be one number, got {type(value).__name__}."
+        values[depth] = got
+    stack, tokens = experiment_setup()
+    depths = list(measured)
+
+    def matches(reference):
+        return all(abs(values[d] - reference[d]) <= 1e-4 for d in depths)
+
+    expected = _run_depths(stack, tokens, depths)
+    if matches(expected):
+        return None
+    if matches(_run_depths(stack, tokens, depths, residual=True)):
+        return ("your blocks keep the residual additions (block(x) is pre-LN with residuals); the experiment runs "
+                "them without: x = attn(ln_1(x)), then x = mlp(ln_2(x)), each replacing the stream.")
+    if matches(_run_depths(stack, tokens, depths, measure="rms")):
+        return ("you measured the scale of the stream (its RMS); the experiment measures how alike the tokens are, "
+                "the mean cosine between different tokens of an image.")
+    if matches(_run_depths(stack, tokens, depths, measure="with self")):
+        return ("your mean includes each token's cosine with itself (always 1); average over different tokens only: "
+                "(sum of the N x N cosines - N) / (N (N - 1)).")
+    d = next(d for d in depths if abs(values[d] - expected[d]) > 1e-4)
+    return (f"after {d} block(s) the checker measured a mean cosine of {expected[d]:.4f} between different tokens, you "
+            f"reported {values[d]:.4f}: run the first {d} blocks of stack.blocks without residuals, then average the "
+            "cosines of the different tokens of each image.")
+
+
+def _reference_depth_experiment(stack, tokens, depths=(0, 1, 2, 3, 6), **kwargs):
+    return _run_depths(stack, tokens, depths, **kwargs)
+
+
+depth_experiment = Exercise(
+    name="depth_experiment",
+    task="my_experiment(stack, tokens) -> {depth L: mean cosine between different tokens after the first L blocks "
+    "run without residuals}, at least 3 depths, 0 included",
+    checker=_check_depth_experiment,
+    hint_text="For each depth: x = tokens; for blk in stack.blocks[:depth]: x = blk.attn(blk.ln_1(x))[0]; "
+    "x = blk.mlp(blk.ln_2(x)). Then unit = F.normalize(x, dim=-1), cosines = unit @ unit.transpose(1, 2), and "
+    "average the off-diagonal entries.",
+    solution_code="""
+    import torch
+    import torch.nn.functional as F
+
+
+    def my_experiment(stack, tokens):
+        similarity = {}
+        with torch.no_grad():
+            for depth in (0, 1, 2, 3, 6):  # the one thing changed: how many blocks, without residuals
+                x = tokens
+                for blk in stack.blocks[:depth]:
+                    x = blk.attn(blk.ln_1(x))[0]  # each sub-layer's output replaces the stream
+                    x = blk.mlp(blk.ln_2(x))
+                unit = F.normalize(x, dim=-1)  # (B, N, D)
+                cosines = unit @ unit.transpose(1, 2)  # (B, N, N)
+                n = x.shape[1]
+                similarity[depth] = ((cosines.sum((1, 2)) - n) / (n * (n - 1))).mean().item()  # different tokens
+        return similarity
+    """,
+    reference=lambda: _reference_depth_experiment,
+    mistakes=[
+        (lambda: lambda stack, tokens: {0: 0.0, 1: 0.5, 2: 0.9, 3: 1.0}, "the checker measured"),
+        (lambda: lambda stack, tokens: _reference_depth_experiment(stack, tokens, (0, 6)), "at least 3"),
+        (lambda: lambda stack, tokens: _reference_depth_experiment(stack, tokens, (1, 2, 6)), "baseline"),
+        (lambda: lambda stack, tokens: _reference_depth_experiment(stack, tokens, residual=True), "residual"),
+        (lambda: lambda stack, tokens: _reference_depth_experiment(stack, tokens, measure="rms"), "RMS"),
+        (lambda: lambda stack, tokens: _reference_depth_experiment(stack, tokens, measure="with self"), "itself"),
+    ],
+    success="random tokens start unrelated (cosine near 0); without residuals one block already makes them much "
+    "alike, and within about three blocks every token of an image is the same vector.",
+    kind="experiment",
 )

@@ -1,10 +1,14 @@
-"""Exercises of notebook 04 (the text encoder)."""
+"""Exercises of notebook 04 (the text encoder): encoding, the causal mask (a prediction, an experiment and a
+count), finding <eot> and pooling there."""
 
 from __future__ import annotations
 
 import torch
 
-from clipedu.exercises import Exercise
+from clipedu.attention import causal_mask
+from clipedu.config import preset
+from clipedu.exercises import Exercise, as_number, prediction
+from clipedu.text import TextTransformer
 from clipedu.tokenizer import WordTokenizer, split_words
 
 # A small vocabulary where some words have ids above <eot>'s (2), as in any word-level vocabulary.
@@ -217,4 +221,179 @@ eot_index = Exercise(
         (lambda: lambda tokens, eot_id: (tokens == eot_id).float().argmax(dim=1).float(), "integer"),
     ],
     success="the same as clipedu.text.eot_index, for any tokenizer.",
+)
+
+
+# --- 4. a prediction: do the outputs before a changed word move? --------------------------------------
+predict_causal_outputs = prediction(
+    "predict_causal_outputs",
+    "Two captions differ only in the word at position k. Under the causal mask, how much do the outputs at "
+    "positions before k differ: 'not at all', 'a little' or 'as much as the rest'?",
+    "not at all",
+    choices=("not at all", "a little", "as much as the rest"),
+    why="In every block, query i attends to keys 0..i only, so the output at i is computed from tokens 0..i "
+    "alone, the same ids in both captions: the same arithmetic on the same numbers, a difference of exactly 0.0. "
+    "Every output from k on moves, padding included.",
+    hint="Follow one position i < k through a block: which keys does its query see, and are any of them different "
+    "in the two captions? Then the next block reads only those outputs.",
+)
+
+
+# --- 5. an experiment: which outputs move when one token changes? ------------------------------------
+def experiment_setup():
+    """A small text tower with random weights (context 24) and one caption's ids (24,), the same on every call."""
+    cfg = preset("tiny", vocab_size=len(_VOCAB)).text
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        model = TextTransformer(cfg, embed_dim=32).eval()
+    row = _tokenizer(cfg.context_length)(["a red circle in the top left"])[0]  # (24,)
+    return model, row
+
+
+def position_differences(model, tokens_a, tokens_b, causal=True) -> torch.Tensor:
+    """(L,): the largest absolute change of each position's output between two rows of ids (the
+    measurement of ``clipedu.viz.text.position_differences``, kept here: the checkers draw nothing)."""
+    tokens = torch.stack([tokens_a, tokens_b])  # (2, L)
+    with torch.no_grad():
+        x = model.token_embed(tokens) + model.pos_embed[: tokens.shape[1]]
+        out = model.ln_final(model.transformer(x, is_causal=causal))  # (2, L, D)
+    return (out[0] - out[1]).abs().amax(dim=-1)
+
+
+def _outputs_moved(model, row, j, causal=True) -> int:
+    other = row.clone()
+    other[j] = _UNK if int(row[j]) != _UNK else _UNK + 1  # a different id at position j
+    return int((position_differences(model, row, other, causal=causal) > 0).sum())
+
+
+_UNK, _EOT = 3, 2
+
+
+def _check_causal_experiment(fn) -> str | None:
+    model, row = experiment_setup()
+    n = len(row)
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{position j: how many of the {n} outputs changed}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} position(s); change at least 3 different positions to see how the "
+                "count depends on where the change is (e.g. 1, 4 and 7).")
+    eot = int((row == _EOT).int().argmax())
+    for j in measured:
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < n:
+            return f"each key is the position of the changed token, an integer from 0 to {n - 1}; got {j!r}."
+        if j == eot:
+            return (f"position {j} holds <eot>, where the tower reads the caption; without it the input is invalid. "
+                    f"Change a word (1 to {eot - 1}) or a padding position ({eot + 1} to {n - 1}).")
+    for j, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            return (f"for position {j} you returned {shape}; the measurement is one number: how many output "
+                    "positions changed at all (count the positions where position_differences is above 0).")
+        expected = _outputs_moved(model, row, j)
+        if got == expected:
+            continue
+        if got == n - expected:
+            return (f"for position {j} you counted {got:g} output(s): those that did NOT change. The checker counts "
+                    f"the outputs that moved, {expected}.")
+        if got == expected - 1:
+            return (f"for position {j} you counted {got:g}, one too few: the output at position {j} itself changes "
+                    f"too (its own token is different), so {expected} outputs move.")
+        if got == _outputs_moved(model, row, j, causal=False):
+            return (f"for position {j} all {n} outputs moved in your measurement: that is the tower without its "
+                    "causal mask. Measure with the mask (vt.position_differences(model, a, b), causal=True).")
+        return (f"for position {j} the checker replaced the token and counted {expected} of the {n} outputs that "
+                f"changed; you reported {got:g}. Count the positions where vt.position_differences(model, row, "
+                "other) is above 0.")
+    return None
+
+
+def _reference_causal_experiment():
+    model, row = experiment_setup()
+    return {j: _outputs_moved(model, row, j) for j in (1, 4, 7)}
+
+
+causal_experiment = Exercise(
+    name="causal_experiment",
+    task="my_experiment() -> {position j: how many of the 24 outputs change when token j is replaced}, "
+    "for at least 3 positions (not <eot>'s)",
+    checker=_check_causal_experiment,
+    hint_text="model, row = nb04.experiment_setup(); for each j: other = row.clone(); other[j] = 3 (any other id); "
+    "d = vt.position_differences(model, row, other); the count is int((d > 0).sum()).",
+    solution_code="""
+    from clipedu.exercises import nb04
+    from clipedu.viz import text as vt
+
+
+    def my_experiment():
+        model, row = nb04.experiment_setup()  # a text tower with random weights, one caption's ids (24,)
+        changed = {}
+        for j in (1, 4, 7):  # the one thing changed: which word is replaced (position 8 holds <eot>)
+            other = row.clone()
+            other[j] = 3  # <unk> instead of the token at j
+            differences = vt.position_differences(model, row, other)  # (24,): how much each output moved
+            changed[j] = int((differences > 0).sum())  # how many outputs moved at all
+        return changed
+    """,
+    reference=lambda: _reference_causal_experiment,
+    mistakes=[
+        (lambda: lambda: {1: 12, 4: 12, 7: 12}, "the checker replaced"),
+        (lambda: lambda: {1: 23, 4: 20, 8: 16}, "holds <eot>"),
+        (lambda: lambda: {1: 23, 4: 20}, "at least 3"),
+        (lambda: lambda: {j: 24 - v for j, v in _reference_causal_experiment().items()}, "did NOT change"),
+        (lambda: lambda: {j: v - 1 for j, v in _reference_causal_experiment().items()}, "one too few"),
+        (lambda: lambda: {j: 24 for j in (1, 4, 7)}, "without its causal mask"),
+        (lambda: lambda: {j: torch.ones(24) for j in (1, 4, 7)}, "one number"),
+    ],
+    success="24 - j outputs move when token j changes: position j and everything after it, padding included; "
+    "nothing before it. Only <eot> (and the padding after it) sees the whole caption.",
+    kind="experiment",
+)
+
+
+# --- 6. a derivation: how many (query, key) pairs does the causal mask allow? -------------------------
+def _check_allowed_pairs(fn) -> str | None:
+    for n in (3, 6, 10, 24, 77, 1, 2):
+        expected = int(causal_mask(n).sum())  # brute force: count the True entries
+        raw = fn(n)
+        got = as_number(raw)
+        if got is None:
+            return f"allowed_pairs({n}) should be one number, got {type(raw).__name__}."
+        if abs(got - expected) < 1e-9:
+            continue
+        call = f"allowed_pairs({n}) gave {got:g}, the mask has {expected} allowed pairs"
+        if got == n * n:
+            return f"{call}: n * n counts every pair, as full attention would; query i sees only keys 0..i."
+        if got == n * (n - 1) // 2:
+            return f"{call}: you left out the diagonal; each query also sees its own key (j <= i, not j < i)."
+        if abs(got - n * n / 2) < 1e-9:
+            return (f"{call}: half of n * n misses half of the diagonal: the lower triangle with the diagonal is "
+                    "n(n + 1)/2.")
+        if got == n * (n + 1):
+            return f"{call}: query i sees i + 1 keys; summed over i = 0..n-1 that is n(n + 1)/2, not n(n + 1)."
+        return f"{call}: add up, over the queries i = 0..n-1, the number of keys query i may see."
+    return None
+
+
+allowed_pairs = Exercise(
+    name="allowed_pairs",
+    task="allowed_pairs(n) -> how many (query, key) pairs the causal mask of n positions allows, in closed form",
+    checker=_check_allowed_pairs,
+    hint_text="Query i may see keys 0, 1, ..., i: that is i + 1 keys. Add that up over i = 0 .. n - 1 "
+    "(1 + 2 + ... + n).",
+    solution_code="""
+    def allowed_pairs(n):
+        return n * (n + 1) // 2  # query i sees i + 1 keys: 1 + 2 + ... + n
+    """,
+    reference=lambda: lambda n: n * (n + 1) // 2,
+    mistakes=[
+        (lambda: lambda n: n * n, "full attention"),
+        (lambda: lambda n: n * (n - 1) // 2, "diagonal"),
+        (lambda: lambda n: n * n / 2, "half of the diagonal"),
+        (lambda: lambda n: n * (n + 1), "not n(n + 1)"),
+        (lambda: lambda n: [n], "one number"),
+    ],
+    success="a bit more than half of the n x n scores are used: 55 of 100 for 10 positions, 300 of 576 for 24.",
+    kind="derive",
 )

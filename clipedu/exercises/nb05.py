@@ -1,11 +1,15 @@
-"""Exercises of notebook 05: InfoNCE for one row, the symmetric loss, and the gradient (p - y) / tau."""
+"""Exercises of notebook 05: the loss of a model that knows nothing (a prediction), InfoNCE for one row, the
+symmetric loss, the temperature on embeddings that mean nothing (an experiment), and the gradient (p - y) / tau."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, close, compare_tensors
+from clipedu.exercises import Exercise, as_number, close, compare_tensors, prediction
+from clipedu.losses import clip_loss
 
 
 def _similarity_cases() -> list[tuple[torch.Tensor, int, float]]:
@@ -230,5 +234,105 @@ loss_gradient = Exercise(
         (lambda: lambda s, positive, tau: ((s / tau).softmax(0) - 1.0)[positive], "shape"),
     ],
     success="every negative is pushed down in proportion to how much probability it steals, and the "
-    "positive is pulled up by exactly what they steal together (the vector sums to zero).",
+    "positive is pulled up by exactly what they steal together (the vector sums to zero).",    kind="derive",
+)
+
+
+# --- 4. a prediction: the loss of a model that cannot tell the pairs apart ---------------------------
+predict_uniform_loss = prediction(
+    "predict_uniform_loss",
+    "A model gives all 8 captions of a batch the same logit for every image (and all 8 images the same for "
+    "every caption). What is its symmetric loss? One number.",
+    round(math.log(8), 3),
+    why="Every softmax is uniform, so the positive gets p = 1/8 in each row and each column: -log(1/8) = ln 8 "
+    "= 2.079 in both directions, and their average is the same. The cell prints ln 8 next to the untrained "
+    "model's loss, which is close to it.",
+    hint="What probability does a uniform softmax over 8 captions give the right one? The loss is minus its log; "
+    "the two directions are averaged, not added.",
+    wrong=(0.125, 8.0, 2 * math.log(8), 0.0),
+)
+
+
+# --- 5. an experiment: the temperature on embeddings that mean nothing -------------------------------
+def experiment_setup():
+    """16 random image embeddings and 16 random text embeddings (unit vectors in 32 dimensions), unrelated to
+    each other and the same on every call: a model that has learned nothing."""
+    g = torch.Generator().manual_seed(50)
+    images = F.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    texts = F.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    return images, texts
+
+
+def _check_temperature_experiment(fn) -> str | None:
+    images, texts = experiment_setup()
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{tau: the loss at that temperature}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} temperature(s); take at least 3, CLIP's start 0.07 among them, to "
+                "see a trend (e.g. 1.0, 0.07 and 0.01).")
+    for tau in measured:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 1e-3 <= tau <= 100:
+            return f"each key is a temperature tau, a number from 0.001 to 100; got {tau!r}."
+    if not any(abs(tau - 0.07) < 1e-9 for tau in measured):
+        return "include the baseline, CLIP's starting temperature tau = 0.07, to compare the others with."
+    for tau, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return (f"for tau = {tau} you returned {type(value).__name__}; the measurement is one number, "
+                    "clip_loss(images, texts, 1 / tau).")
+        expected = clip_loss(images, texts, 1 / tau).item()
+        if abs(got - expected) <= 1e-4 * max(1.0, abs(expected)):
+            continue
+        if abs(got - clip_loss(images, texts, tau).item()) <= 1e-4 * max(1.0, abs(got)):
+            return (f"for tau = {tau} you passed tau itself as the scale; clip_loss takes s = 1 / tau (the logits "
+                    f"are cosines / tau), which gives {expected:.4f}.")
+        labels = torch.arange(len(images))
+        rows = F.cross_entropy(images @ texts.t() / tau, labels).item()
+        if abs(got - rows) <= 1e-4 * max(1.0, abs(rows)):
+            return (f"for tau = {tau} you measured only the image-to-text direction; CLIP's loss averages it with "
+                    f"text-to-image: clip_loss gives {expected:.4f}.")
+        return (f"for tau = {tau} the checker measured clip_loss(images, texts, 1 / tau) = {expected:.4f} on the "
+                f"same embeddings; you reported {got:.4f}.")
+    return None
+
+
+def _reference_temperature_experiment():
+    images, texts = experiment_setup()
+    return {tau: clip_loss(images, texts, 1 / tau).item() for tau in (1.0, 0.07, 0.01)}
+
+
+temperature_experiment = Exercise(
+    name="temperature_experiment",
+    task="my_experiment() -> {tau: clip_loss of the setup's random embeddings at scale 1 / tau}, for at least 3 "
+    "temperatures, 0.07 included",
+    checker=_check_temperature_experiment,
+    hint_text="images, texts = nb05.experiment_setup(); for each tau: clip_loss(images, texts, 1 / tau).item() "
+    "(the third argument is the scale s = 1 / tau).",
+    solution_code="""
+    from clipedu.exercises import nb05
+    from clipedu.losses import clip_loss
+
+
+    def my_experiment():
+        images, texts = nb05.experiment_setup()  # (16, 32) each: random, unrelated unit vectors
+        return {tau: clip_loss(images, texts, 1 / tau).item() for tau in (1.0, 0.07, 0.01)}  # s = 1 / tau
+    """,
+    reference=lambda: _reference_temperature_experiment,
+    mistakes=[
+        (lambda: lambda: {1.0: 2.77, 0.07: 2.77, 0.01: 2.77}, "the checker measured"),
+        (lambda: lambda: {tau: v for tau, v in list(_reference_temperature_experiment().items())[:2]}, "at least 3"),
+        (lambda: lambda: {tau: clip_loss(*experiment_setup(), 1 / tau).item() for tau in (1.0, 0.1, 0.01)},
+         "baseline"),
+        (lambda: lambda: {tau: clip_loss(*experiment_setup(), tau).item() for tau in (1.0, 0.07, 0.01)},
+         "scale"),
+        (lambda: lambda: {tau: F.cross_entropy(experiment_setup()[0] @ experiment_setup()[1].t() / tau,
+                                               torch.arange(16)).item() for tau in (1.0, 0.07, 0.01)},
+         "only the image-to-text"),
+        (lambda: lambda: {tau: torch.ones(2) for tau in (1.0, 0.07, 0.01)}, "one number"),
+    ],
+    success="on embeddings that mean nothing the loss levels off at ln 16 = 2.77 at high temperatures and grows "
+    "as tau falls: a sharp softmax makes confident guesses, and here every guess is a lottery. A model that knows "
+    "nothing is best off with a flat softmax.",
+    kind="experiment",
 )

@@ -1,4 +1,5 @@
-"""Exercises of notebook 06: the learning-rate schedule, gradient clipping, and the collapse measure."""
+"""Exercises of notebook 06: gradient clipping, Adam's first step (a prediction and a derivation), clipping
+against a bad batch (an experiment), the learning-rate schedule, and the collapse measure."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, as_number, close, compare_tensors
+from clipedu.exercises import Exercise, as_number, close, compare_tensors, prediction
 from clipedu.recipe import make_scheduler
 
 
@@ -243,4 +244,226 @@ mean_off_diagonal_cosine = Exercise(
         (lambda: lambda e: e @ e.t(), "one number"),
     ],
     success="that is the number History logs as image_similarity and text_similarity: near 1, the batch has collapsed.",
+)
+
+
+# --- 4. a prediction: how far does Adam's first step move an entry? --------------------------------------
+predict_adam_step = prediction(
+    "predict_adam_step",
+    "After Adam's first step, how far has an entry whose gradient is 1000 times larger than another's moved, "
+    "compared with that other entry: 'the same distance', 'about 30 times as far' or 'about 1000 times as far'?",
+    "the same distance",
+    choices=("the same distance", "about 30 times as far", "about 1000 times as far"),
+    why="At the first step Adam's bias-corrected averages are m = g and v = g^2, so each entry moves by "
+    "lr * g / (|g| + eps): the learning rate, in the direction of minus the gradient, whatever the gradient's size "
+    "(unless |g| is near eps = 1e-8).",
+    hint="Adam divides the running mean of the gradient by the square root of the running mean of its square. "
+    "After one step, each running mean has seen a single gradient.",
+)
+
+
+# --- 5. a derivation: Adam's first step in closed form -----------------------------------------------------
+_ADAM_CASES = ((1e-3, 0.9, 0.999, 1e-8), (0.1, 0.5, 0.99, 1e-8), (2e-3, 0.9, 0.98, 1e-6))
+
+
+def _adam_step(grad: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float) -> torch.Tensor:
+    """The change of a parameter at 0 after one torch.optim.Adam step with gradient ``grad``."""
+    p = torch.nn.Parameter(torch.zeros_like(grad, dtype=torch.float64))
+    p.grad = grad.to(torch.float64).clone()
+    torch.optim.Adam([p], lr=lr, betas=(beta1, beta2), eps=eps).step()
+    return p.detach()
+
+
+def _adam_grads() -> torch.Tensor:
+    g = torch.Generator().manual_seed(60)
+    sizes = 10.0 ** torch.arange(-9, 3, dtype=torch.float64)  # 1e-9 .. 1e2: some near eps, some large
+    signs = torch.where(torch.rand(12, generator=g) < 0.5, -1.0, 1.0).double()
+    return torch.cat([sizes * signs, torch.zeros(1, dtype=torch.float64)])  # (13,), one zero gradient
+
+
+def _check_adam_first_step(fn) -> str | None:
+    grad = _adam_grads()
+    for lr, b1, b2, eps in _ADAM_CASES:
+        call = f"adam_first_step(grad, lr={lr}, beta1={b1}, beta2={b2}, eps={eps})"
+        got = fn(grad.clone(), lr, b1, b2, eps)
+        expected = _adam_step(grad, lr, b1, b2, eps)
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return compare_tensors(call, got, expected)
+        got = got.detach().double()
+        if torch.allclose(got, expected, rtol=1e-4, atol=1e-12):
+            continue
+        diagnoses = [
+            (-expected, "the sign is flipped: Adam, like any descent, moves against the gradient"),
+            (-lr * grad, "that is plain gradient descent, -lr * g; Adam divides the mean gradient m by sqrt(v)"),
+            (-lr * (1 - b1) * grad / ((1 - b2) ** 0.5 * grad.abs() + eps),
+             f"you left out the bias correction: after one step m = (1 - beta1) g and v = (1 - beta2) g^2 start "
+             f"from 0, and Adam divides them by 1 - beta1 and 1 - beta2 (without it the step is "
+             f"{(1 - b1) / (1 - b2) ** 0.5:.3g} times too long here)"),
+            (-lr * torch.sign(grad), "that is -lr * sign(g), right for large gradients; for a gradient near eps the "
+             "denominator sqrt(v) + eps = |g| + eps is not |g|: keep eps"),
+            (-lr * grad / (grad.abs() + eps) ** 2 * grad.abs(), "eps is added to sqrt(v) = |g|, outside the root"),
+        ]
+        for wrong, message in diagnoses:
+            if torch.allclose(got, wrong, rtol=1e-4, atol=1e-12):
+                return f"{call}: {message}."
+        return compare_tensors(call, got, expected, atol=1e-12)
+    return None
+
+
+adam_first_step = Exercise(
+    name="adam_first_step",
+    task="adam_first_step(grad, lr, beta1, beta2, eps) -> the change of every entry at Adam's first step, in "
+    "closed form",
+    checker=_check_adam_first_step,
+    hint_text="Start from m = v = 0. One step: m = beta1 m + (1 - beta1) g, v = beta2 v + (1 - beta2) g^2; the "
+    "bias-corrected m_hat = m / (1 - beta1), v_hat = v / (1 - beta2); the change is -lr * m_hat / (sqrt(v_hat) + eps). "
+    "Simplify: the betas cancel.",
+    solution_code="""
+    def adam_first_step(grad, lr, beta1, beta2, eps):
+        # m_hat = g and v_hat = g^2 after one step: the betas cancel in the bias correction
+        return -lr * grad / (grad.abs() + eps)
+    """,
+    reference=lambda: lambda grad, lr, b1, b2, eps: -lr * grad / (grad.abs() + eps),
+    mistakes=[
+        (lambda: lambda grad, lr, b1, b2, eps: lr * grad / (grad.abs() + eps), "sign is flipped"),
+        (lambda: lambda grad, lr, b1, b2, eps: -lr * grad, "plain gradient descent"),
+        (lambda: lambda grad, lr, b1, b2, eps: -lr * (1 - b1) * grad / ((1 - b2) ** 0.5 * grad.abs() + eps),
+         "bias correction"),
+        (lambda: lambda grad, lr, b1, b2, eps: -lr * torch.sign(grad), "keep eps"),
+        (lambda: lambda grad, lr, b1, b2, eps: float(-lr), "torch.Tensor"),
+    ],
+    success="each entry moves by the learning rate, against its gradient's sign, whatever the gradient's size: "
+    "that is why section 3 can bound how far logit_scale travels by the sum of the learning rates.",
+    kind="derive",
+)
+
+
+# --- 6. an experiment: gradient clipping, Adam and one bad batch ------------------------------------------
+_SPIKE = 9  # the index of the bad batch's gradient
+
+
+def experiment_setup():
+    """20 gradients of one parameter of 500 entries, the same on every call: each the downhill direction's
+    opposite plus noise (norm about 1.4), except grads[9], a bad batch 1000 times larger in a random
+    direction; and ``downhill`` (500,), the unit vector a good step follows."""
+    g = torch.Generator().manual_seed(6)
+    d = torch.randn(500, generator=g)
+    d = d / d.norm()
+    grads = [d + torch.randn(500, generator=g) / 500**0.5 for _ in range(20)]
+    grads[_SPIKE] = 1000 * torch.randn(500, generator=g) / 500**0.5
+    return grads, -d
+
+
+def _progress(grads, downhill, max_norm, what="progress"):
+    p = torch.nn.Parameter(torch.zeros(500))
+    optimizer = torch.optim.Adam([p], lr=1e-2)
+    for step, grad in enumerate(grads):
+        p.grad = grad.clone()
+        if max_norm is not None and what != "unclipped":
+            torch.nn.utils.clip_grad_norm_([p], max_norm)
+        optimizer.step()
+        if step == _SPIKE:
+            after_spike = p.detach().clone()
+    if what == "norm":
+        return (p.detach() - after_spike).norm().item()
+    if what == "whole run":
+        return (p.detach() @ downhill).item()
+    return ((p.detach() - after_spike) @ downhill).item()
+
+
+def _check_clipping_experiment(fn) -> str | None:
+    grads, downhill = experiment_setup()
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{max_norm: progress downhill after the bad batch}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} setting(s); take at least 3 (no clipping, None, and two values of "
+                "max_norm, e.g. 10.0 and 1.0) to see a trend.")
+    for max_norm in measured:
+        if max_norm is not None and (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float))
+                                     or max_norm <= 0):
+            return f"each key is max_norm, a positive number, or None for no clipping; got {max_norm!r}."
+    if None not in measured:
+        return "include the baseline, None (no clipping), to compare the clipped runs with."
+    order = [None] + sorted(k for k in measured if k is not None)
+    for max_norm in order:
+        value = measured[max_norm]
+        got = as_number(value)
+        if got is None:
+            return (f"for max_norm={max_norm} you returned {type(value).__name__}; the measurement is one number, "
+                    "(p after the last step - p after the bad batch) @ downhill.")
+        expected = _progress(grads, downhill, max_norm)
+        if abs(got - expected) <= 1e-3 * max(1.0, abs(expected)):
+            continue
+
+        def near(x, got=got):
+            return abs(got - x) <= 1e-3 * max(1.0, abs(x))
+
+        if near(-expected):
+            return (f"for max_norm={max_norm} the sign is flipped: measure along `downhill`, the way a good step "
+                    f"goes; the checker got {expected:+.4f}.")
+        if near(_progress(grads, downhill, max_norm, "norm")):
+            return (f"for max_norm={max_norm} you measured the length of the move; the question is how far it went "
+                    f"*downhill*: (p_end - p_after_bad_batch) @ downhill, {expected:+.4f}.")
+        if near(_progress(grads, downhill, max_norm, "whole run")):
+            return (f"for max_norm={max_norm} you measured progress over the whole run, from step 0; measure from "
+                    f"just after the bad batch (grads[9]) to the end: {expected:+.4f}.")
+        if max_norm is not None and near(_progress(grads, downhill, None)):
+            return (f"for max_norm={max_norm} you got the unclipped run's number: clip after setting p.grad and "
+                    "before optimizer.step(), with torch.nn.utils.clip_grad_norm_([p], max_norm).")
+        return (f"for max_norm={max_norm} the checker ran Adam (lr 1e-2) on the same gradients and measured "
+                f"{expected:+.4f} downhill after the bad batch; you reported {got:+.4f}.")
+    return None
+
+
+def _reference_clipping_experiment():
+    grads, downhill = experiment_setup()
+    return {m: _progress(grads, downhill, m) for m in (None, 10.0, 1.0)}
+
+
+clipping_experiment = Exercise(
+    name="clipping_experiment",
+    task="my_experiment() -> {max_norm: how far Adam moves downhill in the 10 steps after a bad batch}, for None "
+    "(no clipping) and at least two values of max_norm",
+    checker=_check_clipping_experiment,
+    hint_text="grads, downhill = nb06.experiment_setup(). For each max_norm: p = torch.nn.Parameter(torch.zeros(500)), "
+    "optimizer = torch.optim.Adam([p], lr=1e-2); for each gradient: p.grad = g.clone(), clip_grad_norm_([p], "
+    "max_norm) unless None, optimizer.step(), and keep a copy of p after step 9. Measure (p - that copy) @ downhill.",
+    solution_code="""
+    import torch
+
+    from clipedu.exercises import nb06
+
+
+    def my_experiment():
+        grads, downhill = nb06.experiment_setup()  # 20 gradients of a (500,) parameter; grads[9] is the bad batch
+        progress = {}
+        for max_norm in (None, 10.0, 1.0):  # the one thing changed; None: no clipping
+            p = torch.nn.Parameter(torch.zeros(500))
+            optimizer = torch.optim.Adam([p], lr=1e-2)
+            for step, g in enumerate(grads):
+                p.grad = g.clone()
+                if max_norm is not None:
+                    torch.nn.utils.clip_grad_norm_([p], max_norm)
+                optimizer.step()
+                if step == 9:
+                    after_bad_batch = p.detach().clone()
+            progress[max_norm] = ((p.detach() - after_bad_batch) @ downhill).item()  # distance gone downhill
+        return progress
+    """,
+    reference=lambda: _reference_clipping_experiment,
+    mistakes=[
+        (lambda: lambda: {None: 0.1, 10.0: 0.5, 1.0: 1.0}, "the checker ran Adam"),
+        (lambda: lambda: {None: 0.05, 1.0: 1.2}, "at least 3"),
+        (lambda: lambda: {m: _progress(*experiment_setup(), m) for m in (100.0, 10.0, 1.0)}, "baseline"),
+        (lambda: lambda: {m: -_progress(*experiment_setup(), m) for m in (None, 10.0, 1.0)}, "sign is flipped"),
+        (lambda: lambda: {m: _progress(*experiment_setup(), m, "norm") for m in (None, 10.0, 1.0)}, "length"),
+        (lambda: lambda: {m: _progress(*experiment_setup(), m, "whole run") for m in (None, 10.0, 1.0)}, "whole run"),
+        (lambda: lambda: {m: _progress(*experiment_setup(), None) for m in (None, 10.0, 1.0)}, "unclipped run"),
+    ],
+    success="unclipped, the bad batch fills Adam's v (the running mean of squared gradients) and every step after "
+    "it is tiny: almost no progress. Clipped, it weighs at most max_norm, and the closer max_norm is to the usual "
+    "norm (about 1.4 here), the less it slows what follows. Clipping below the usual norm costs nothing: Adam "
+    "divides by the gradients' size, so shrinking them all alike leaves its steps as they were.",
+    kind="experiment",
 )

@@ -1,11 +1,12 @@
-"""Exercises of notebook 07: a prompt-ensemble classifier, recall@K, and the loss with hard negatives."""
+"""Exercises of notebook 07: a prompt-ensemble classifier, how many templates it needs, recall@K and its floor
+for a random ranking, the loss with hard negatives, and whether a plain model reads word order."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, as_number, compare_tensors
+from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
 
 
 def _shape(got) -> str:
@@ -246,4 +247,191 @@ negclip_loss = Exercise(
         (lambda: lambda i, t, n, s: s * i @ torch.cat([t, n]).t(), "one number"),
     ],
     success="that is clip_loss(..., hard_negatives=...): the swapped caption must now lose to the true one.",
+)
+
+
+# --- 4. an experiment: how many templates does an ensemble need? -------------------------------------------
+def experiment_setup():
+    """A small stand-in for the notebook's data, the same on every call: (image_embeds (N, E),
+    prompt_embeds (K, T, E), labels (N,)). Each class's prompts scatter around its centre, and the
+    templates pull some classes more than others, as "the {} circle" pulls circles."""
+    g = torch.Generator().manual_seed(73)
+    k, t, e, n = 5, 12, 16, 300
+    centres = F.normalize(torch.randn(k, e, generator=g), dim=-1)  # (K, E)
+    bias = 0.9 * torch.randn(t, e, generator=g)  # (T, E) what each template adds to every class
+    spread = torch.rand(k, 1, 1, generator=g) + 0.3  # classes whose prompts scatter more (shorter means)
+    prompts = F.normalize(centres[:, None] + bias[None] + spread * torch.randn(k, t, e, generator=g), dim=-1)
+    labels = torch.arange(n) % k
+    images = F.normalize(centres[labels] + 0.9 * torch.randn(n, e, generator=g), dim=-1)
+    return images, prompts, labels
+
+
+def _ensemble_accuracy(images, prompts, labels, t, renormalise=True):
+    classes = prompts[:, :t].mean(dim=1)  # (K, E)
+    if renormalise:
+        classes = F.normalize(classes, dim=-1)
+    return ((images @ classes.t()).argmax(dim=1) == labels).float().mean().item()
+
+
+def _check_templates(fn) -> str | None:
+    images, prompts, labels = experiment_setup()
+    measured = fn(images.clone(), prompts.clone(), labels.clone())
+    n_templates = prompts.shape[1]
+    if not isinstance(measured, dict):
+        return f"return a dict {{number of templates: accuracy}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} setting(s); an experiment needs at least 3 numbers of templates to "
+                "show a trend (e.g. 1, 4 and all of them).")
+    for t in measured:
+        if not isinstance(t, int) or not 1 <= t <= n_templates:
+            return (f"each key is a number of templates, an int from 1 to the number the data has "
+                    f"(prompt_embeds.shape[1], {n_templates} here); got {t!r}.")
+    if 1 not in measured:
+        return "include the baseline, 1 template (no ensemble), so that the gain has something to be measured against."
+    for t, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return f"the accuracy for t={t} should be one number, got {type(value).__name__}."
+        expected = _ensemble_accuracy(images, prompts, labels, t)
+        if abs(got - expected) < 1e-6:
+            continue
+        if abs(got - (1 - expected)) < 1e-6:
+            return (f"for t={t} you reported {got:.3f}, the error rate; the experiment measures the accuracy, "
+                    f"{expected:.3f}.")
+        if abs(got - _ensemble_accuracy(images, prompts[:, t - 1:t], labels, 1)) < 1e-6:
+            return (f"for t={t} you scored template {t - 1} alone; the ensemble of t templates averages the "
+                    f"embeddings of the first t, prompt_embeds[:, :t].mean(dim=1).")
+        if abs(got - _ensemble_accuracy(images, prompts, labels, t, renormalise=False)) < 1e-6:
+            return (f"for t={t} you did not renormalise the class vectors: a class whose prompts disagree gets a "
+                    "shorter mean and loses every comparison; F.normalize(..., dim=-1) after the mean.")
+        return (f"for t={t} the checker measured an accuracy of {expected:.3f} on the same data, you reported "
+                f"{got:.3f}: average prompt_embeds[:, :t] over dim 1, renormalise, classify each image by the largest "
+                "cosine, and count the images whose prediction is their label.")
+    return None
+
+
+def _reference_templates(images, prompts, labels):
+    return {t: _ensemble_accuracy(images, prompts, labels, t) for t in (1, 3, prompts.shape[1])}
+
+
+template_count = Exercise(
+    name="template_count",
+    task="my_experiment(image_embeds, prompt_embeds, labels) -> {t: zero-shot accuracy of the ensemble of the first "
+    "t templates}, for at least 3 values of t, 1 included",
+    checker=_check_templates,
+    hint_text="For each t: classes = F.normalize(prompt_embeds[:, :t].mean(dim=1), dim=-1); predictions = "
+    "(image_embeds @ classes.T).argmax(dim=1); accuracy = (predictions == labels).float().mean().item().",
+    solution_code="""
+    import torch.nn.functional as F
+
+
+    def my_experiment(image_embeds, prompt_embeds, labels):
+        accuracy = {}
+        for t in (1, 2, 4, prompt_embeds.shape[1]):  # the one thing changed: how many templates are averaged
+            classes = F.normalize(prompt_embeds[:, :t].mean(dim=1), dim=-1)  # (K, E)
+            predictions = (image_embeds @ classes.t()).argmax(dim=1)  # (N,)
+            accuracy[t] = (predictions == labels).float().mean().item()
+        return accuracy
+    """,
+    reference=lambda: _reference_templates,
+    mistakes=[
+        (lambda: lambda i, p, y: {1: 0.5, 4: 0.7, 12: 0.9}, "the checker measured"),
+        (lambda: lambda i, p, y: {t: _ensemble_accuracy(i, p, y, t) for t in (1, 12)}, "at least 3"),
+        (lambda: lambda i, p, y: {t: _ensemble_accuracy(i, p, y, t) for t in (2, 4, 12)}, "baseline"),
+        (lambda: lambda i, p, y: {t: 1 - _ensemble_accuracy(i, p, y, t) for t in (1, 4, 12)}, "error rate"),
+        (lambda: lambda i, p, y: {t: _ensemble_accuracy(i, p[:, t - 1:t], y, 1) for t in (1, 4, 12)}, "alone"),
+        (lambda: lambda i, p, y: {t: _ensemble_accuracy(i, p, y, t, renormalise=False) for t in (1, 4, 12)},
+         "renormalise"),
+    ],
+    success="a measured curve: accuracy against the number of templates in the ensemble. The next cell runs "
+    "your function on the course model's colour prompts.",
+    kind="experiment",
+)
+
+
+# --- 5. a derivation: recall@K of a random ranking ------------------------------------------------------------
+def _random_recall_brute(n: int, k: int, r: int) -> float:
+    """Every set of k positions a random ranking can put first is equally likely: count those that hold at
+    least one of the r relevant captions (the relevant ones are positions 0 .. r - 1, by symmetry)."""
+    from itertools import combinations
+
+    tops = list(combinations(range(n), k))
+    return sum(any(p < r for p in top) for top in tops) / len(tops)
+
+
+_RECALL_CASES = ((10, 1, 1), (10, 3, 1), (9, 2, 3), (12, 4, 2), (8, 5, 3))
+
+
+def _check_random_recall(fn) -> str | None:
+    from math import comb
+
+    for n, k, r in _RECALL_CASES:
+        call = f"random_recall(n={n}, k={k}, r={r})"
+        got = as_number(fn(n, k, r))
+        if got is None:
+            return f"{call} should return one number, a probability."
+        expected = _random_recall_brute(n, k, r)
+        if abs(got - expected) < 1e-9:
+            continue
+        diagnoses = [
+            (k / n, "that is the answer for one relevant caption (r = 1); with r of them a hit is more likely"),
+            (r * k / n, "r * k / n counts a top k that holds two relevant captions twice (it can even exceed 1); "
+             "count the rankings with no hit instead, and take the complement"),
+            (1 - (1 - r / n) ** k, "1 - (1 - r/n)^k draws the k captions independently, with replacement; a "
+             "ranking places k different captions, so after each miss fewer wrong ones are left"),
+            (comb(n - r, k) / comb(n, k), "that is the chance of a miss (no relevant caption in the top k); "
+             "recall is its complement"),
+        ]
+        for wrong, message in diagnoses:
+            if abs(got - wrong) < 1e-9 and abs(wrong - expected) > 1e-9:
+                return f"{call} gave {got:.4g}, expected {expected:.4g}: {message}."
+        return (f"{call} gave {got:.4g}; counting every top {k} of a random ranking of {n} captions gives "
+                f"{expected:.4g}.")
+    return None
+
+
+def _ref_random_recall(n, k, r):
+    from math import comb
+
+    return 1 - comb(n - r, k) / comb(n, k)
+
+
+random_recall = Exercise(
+    name="random_recall",
+    task="random_recall(n, k, r) -> the expected recall@k of a random ranking of n captions of which r are right",
+    checker=_check_random_recall,
+    hint_text="A random ranking puts every set of k captions first with the same probability, 1 / C(n, k). Count "
+    "the sets with no right caption in them, C(n - r, k): the probability of a miss is their share, and recall is "
+    "one minus it (math.comb).",
+    solution_code="""
+    from math import comb
+
+
+    def random_recall(n, k, r=1):
+        return 1 - comb(n - r, k) / comb(n, k)  # one minus the chance that the top k holds none of the r
+    """,
+    reference=lambda: _ref_random_recall,
+    mistakes=[
+        (lambda: lambda n, k, r: k / n, "r = 1"),
+        (lambda: lambda n, k, r: r * k / n, "twice"),
+        (lambda: lambda n, k, r: 1 - (1 - r / n) ** k, "with replacement"),
+        (lambda: lambda n, k, r: __import__("math").comb(n - r, k) / __import__("math").comb(n, k), "complement"),
+    ],
+    success="with r = 1 it is k / n: the floor every recall in this notebook is measured against.",
+    kind="derive",
+)
+
+
+# --- 6. a prediction: does the plain model tell a caption from its swap? ------------------------------------
+predict_swapped = prediction(
+    "predict_swapped",
+    "After its plain training on two-object scenes, how often does the plain model score an image's caption "
+    "above the same caption with the two objects swapped: 'about 50%', 'about 75%' or 'above 90%'?",
+    "about 50%",
+    choices=("about 50%", "about 75%", "above 90%"),
+    why="The loss only asks each caption to beat the other captions of its batch, and those almost always name "
+    "other objects, so a bag of words lowers the loss as well as word order does; the text tower gives a caption "
+    "and its swap nearly the same vector, and the plain model stays at chance at every evaluation.",
+    hint="Look at the count at the start of section 7: how often does a batch of 128 contain the contrast 'same two "
+    "objects, other order' that would reward reading the order?",
 )

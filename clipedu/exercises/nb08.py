@@ -1,11 +1,12 @@
-"""Exercises of notebook 08: the CLS row as a map, attention rollout, relevancy."""
+"""Exercises of notebook 08: the CLS row as a map, what an untrained network looks at, attention rollout, the
+rollout of uniform attention, the residual's weight in rollout, relevancy."""
 
 from __future__ import annotations
 
 import torch
 
-from clipedu.exercises import Exercise, compare_tensors
-from clipedu.interpret import attention_rollout, cls_attention, relevancy_from
+from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
+from clipedu.interpret import attention_rollout, cls_attention, mass_on, relevancy_from
 
 
 def _attentions(layers=3, batch=2, heads=3, tokens=10, seed=0):
@@ -285,4 +286,202 @@ relevancy_rule = Exercise(
         (_wrong_relevancy("wrong order"), "wrong order"),
     ],
     success="row 0 of R over the patches is the relevancy map for this image and text.",
+)
+
+
+
+# --- 4. a prediction: where does an untrained network look? ------------------------------------------------
+predict_untrained_look = prediction(
+    "predict_untrained_look",
+    "Before training, what share of the CLS token's attention lands on the object's patches: 'about its area' "
+    "(the share of the patches the object touches), 'well above its area' or 'well below its area'?",
+    "about its area",
+    choices=("about its area", "well above its area", "well below its area"),
+    why="With random weights the queries and keys know nothing about the object: the attention logits are small "
+    "and unrelated to the pixels' content, so each softmax row is close to uniform and every patch gets about "
+    "the same weight. The untrained column stays within 10 points of the area in every block.",
+    hint="What would make a freshly initialised query prefer the keys of the object's patches over the "
+    "background's? And what does a softmax of small, unrelated logits look like?",
+)
+
+
+# --- 5. a derivation: the rollout of uniform attention ---------------------------------------------------------
+def _uniform_rollout(layers: int, tokens: int) -> torch.Tensor:
+    uniform = torch.full((layers, 1, 1, tokens, tokens), 1.0 / tokens, dtype=torch.float64)  # (L, B, H, T, T)
+    return attention_rollout(uniform)[0]  # (T, T)
+
+
+_UNIFORM_CASES = ((1, 17), (4, 17), (3, 5), (6, 10), (2, 50))
+
+
+def _check_uniform_rollout(fn) -> str | None:
+    for layers, tokens in _UNIFORM_CASES:
+        call = f"uniform_rollout(layers={layers}, tokens={tokens})"
+        got = fn(layers, tokens)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            return f"{call} should return two numbers, (own, other): a diagonal entry and an off-diagonal entry of R."
+        own, other = as_number(got[0]), as_number(got[1])
+        if own is None or other is None:
+            return f"{call} should return two numbers, got {got!r}."
+        r = _uniform_rollout(layers, tokens)
+        want_own, want_other = r[0, 0].item(), r[0, 1].item()
+        if abs(own - want_own) < 1e-6 and abs(other - want_other) < 1e-6:
+            continue
+        half = 0.5 ** layers
+        if abs(own + (tokens - 1) * other - 1) > 1e-6:
+            return (f"{call} gave own {own:.4g} and other {other:.4g}; a row of R holds one own entry and "
+                    f"{tokens - 1} others, and every row of a rollout sums to 1, yours to "
+                    f"{own + (tokens - 1) * other:.4g}.")
+        if abs(own - 1 / tokens) < 1e-6:
+            return (f"{call}: that is the rollout without the residual: uniform attention times anything whose rows "
+                    "sum to 1 is uniform again. With the residual each block is 0.5 U + 0.5 I.")
+        if abs(own - half) < 1e-6:
+            return (f"{call}: own = 0.5^L counts only the path that takes the identity in every block; the paths "
+                    f"through U can come back to the token too, 1/T of them: own = 0.5^L + (1 - 0.5^L) / T.")
+        if abs(own - (0.5 + 0.5 / tokens)) < 1e-6 and layers > 1:
+            return (f"{call}: that is one block, 0.5 + 0.5 / T. The blocks multiply: expand (0.5 U + 0.5 I)^L "
+                    "using U @ U = U.")
+        return (f"{call} gave own {own:.6g}, other {other:.6g}; multiplying the {layers} blocks gives "
+                f"{want_own:.6g} and {want_other:.6g}.")
+    return None
+
+
+def _ref_uniform_rollout(layers, tokens):
+    keep = 0.5 ** layers  # the path that takes the identity in every block
+    return keep + (1 - keep) / tokens, (1 - keep) / tokens
+
+
+uniform_rollout = Exercise(
+    name="uniform_rollout",
+    task="uniform_rollout(layers, tokens) -> (own, other): the diagonal and off-diagonal entries of the rollout of "
+    "L blocks that each attend uniformly, in closed form",
+    checker=_check_uniform_rollout,
+    hint_text="Write U = (1/T) 1 1^T, so each block is 0.5 U + 0.5 I. U @ U = U (its rows are averages of "
+    "constant rows), so (0.5 U + 0.5 I)^L = 0.5^L I + (1 - 0.5^L) U: expand and collect, or argue that rows "
+    "still sum to 1.",
+    solution_code="""
+    def uniform_rollout(layers, tokens):
+        keep = 0.5 ** layers  # the share that took the identity in every block
+        return keep + (1 - keep) / tokens, (1 - keep) / tokens  # (own, other)
+    """,
+    reference=lambda: _ref_uniform_rollout,
+    mistakes=[
+        (lambda: lambda L, T: (1 / T, 1 / T), "without the residual"),
+        (lambda: lambda L, T: (0.5 ** L, (1 - 0.5 ** L) / (T - 1)), "come back"),
+        (lambda: lambda L, T: (0.5 + 0.5 / T, 0.5 / T), "one block"),
+        (lambda: lambda L, T: (0.5 ** L + 1 / T, 1 / T), "sums to 1"),
+        (lambda: lambda L, T: 0.5 ** L, "two numbers"),
+    ],
+    success="the residual keeps 0.5^L of each token, and uniform attention spreads the rest evenly; the next cell "
+    "compares it with the untrained network.",
+    kind="derive",
+)
+
+
+# --- 6. an experiment: how much weight the residual gets in rollout ---------------------------------------
+def experiment_setup():
+    """Stand-in data, the same on every call: (attentions (L, B, H, T, T), region (B, g, g)). Three blocks, four
+    pictures of a 3 x 3 grid; the region marks the patches an object covers (1) or not (0)."""
+    attentions = _attentions(layers=3, batch=4, heads=2, tokens=10, seed=30)
+    g = torch.Generator().manual_seed(31)
+    region = (torch.rand(4, 3, 3, generator=g) < 0.35).float()
+    region[:, 1, 1] = 1.0  # every picture has an object in the middle
+    return attentions, region
+
+
+def _weighted_rollout(attentions: torch.Tensor, weight: float, swapped: bool = False) -> torch.Tensor:
+    a = attentions.mean(dim=2)  # (L, B, T, T) heads averaged
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    r = eye.expand_as(a[0])
+    for block in a:
+        mixed = (1 - weight) * block + weight * eye if swapped else weight * block + (1 - weight) * eye
+        r = mixed @ r
+    return r  # (B, T, T)
+
+
+def _share(attentions, region, weight, swapped=False) -> float:
+    r = _weighted_rollout(attentions, weight, swapped)
+    return mass_on(r[:, 0, 1:].reshape(region.shape), region).mean().item()
+
+
+def _check_residual(fn) -> str | None:
+    attentions, region = experiment_setup()
+    measured = fn(attentions.clone(), region.clone())
+    if not isinstance(measured, dict):
+        return f"return a dict {{weight of the attention: share on the object}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} setting(s); an experiment needs at least 3 weights to show a trend "
+                "(e.g. 0.25, 0.5 and 1.0).")
+    for w in measured:
+        if not isinstance(w, (int, float)) or not 0 < w <= 1:
+            return f"each key is the weight w of the attention in w A + (1 - w) I, a number in (0, 1]; got {w!r}."
+    if 0.5 not in measured:
+        return "include the baseline, w = 0.5: the rollout of the notebook (0.5 A + 0.5 I), to compare the others with."
+    for w, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return f"the share for w={w} should be one number, got {type(value).__name__}."
+        expected = _share(attentions, region, w)
+        if abs(got - expected) < 1e-5:
+            continue
+        if abs(got - _share(attentions, region, w, swapped=True)) < 1e-5:
+            return (f"for w={w} you gave the weight w to the identity; here w weighs the attention, w A + (1 - w) I, "
+                    "so w = 1 is rollout without the residual.")
+        r = _weighted_rollout(attentions, w)
+        unnormalised = ((r[:, 0, 1:].reshape(region.shape) * region).flatten(1).sum(1)).mean().item()
+        if abs(got - unnormalised) < 1e-5:
+            return (f"for w={w} you summed the map's weight on the object without dividing by the map's total; the "
+                    "CLS row over the patches does not sum to 1 (the CLS token keeps some), so use "
+                    "interpret.mass_on(map, region), the share.")
+        last = mass_on(cls_attention(attentions, -1), region).mean().item()
+        if abs(got - last) < 1e-5:
+            return (f"for w={w} you measured the last block's CLS attention, which does not depend on w; measure the "
+                    "rollout map built with w A + (1 - w) I in every block.")
+        return (f"for w={w} the checker measured a share of {expected:.4f} on the same data, you reported {got:.4f}: "
+                "average the heads, build R from the identity with R = (w A + (1 - w) I) @ R block by block, take "
+                "row 0 over the patches as a (B, g, g) map, and average interpret.mass_on(map, region).")
+    return None
+
+
+def _reference_residual(attentions, region):
+    return {w: _share(attentions, region, w) for w in (0.25, 0.5, 1.0)}
+
+
+residual_weight = Exercise(
+    name="residual_weight",
+    task="my_experiment(attentions, region) -> {w: rollout's share on the object}, rollout built with w A + (1 - w) I "
+    "per block, for at least 3 weights w, 0.5 included",
+    checker=_check_residual,
+    hint_text="For each w: a = attentions.mean(dim=2); R = identity; for each block R = (w * A + (1 - w) * I) @ R; "
+    "map = R[:, 0, 1:].reshape(region.shape); share = interpret.mass_on(map, region).mean().item().",
+    solution_code="""
+    import torch
+
+    from clipedu import interpret
+
+
+    def my_experiment(attentions, region):
+        a = attentions.mean(dim=2)  # (L, B, T, T): heads averaged
+        eye = torch.eye(a.shape[-1])
+        shares = {}
+        for w in (0.1, 0.25, 0.5, 0.75, 1.0):  # the one thing changed: the attention's weight against the residual
+            rollout = eye.expand_as(a[0])
+            for block in a:
+                rollout = (w * block + (1 - w) * eye) @ rollout
+            maps = rollout[:, 0, 1:].reshape(region.shape)  # (B, g, g)
+            shares[w] = interpret.mass_on(maps, region).mean().item()
+        return shares
+    """,
+    reference=lambda: _reference_residual,
+    mistakes=[
+        (lambda: lambda a, r: {0.25: 0.7, 0.5: 0.6, 1.0: 0.5}, "the checker measured"),
+        (lambda: lambda a, r: {w: _share(a, r, w) for w in (0.5, 1.0)}, "at least 3"),
+        (lambda: lambda a, r: {w: _share(a, r, w) for w in (0.25, 0.75, 1.0)}, "baseline"),
+        (lambda: lambda a, r: {w: _share(a, r, w, swapped=True) for w in (0.25, 0.5, 1.0)}, "to the identity"),
+        (lambda: lambda a, r: {w: mass_on(cls_attention(a, -1), r).mean().item() for w in (0.25, 0.5, 1.0)},
+         "last block"),
+    ],
+    success="a measured curve: how much of rollout lands on the object against the weight of attention in each "
+    "block. The cell below runs your function on the course model.",
+    kind="experiment",
 )

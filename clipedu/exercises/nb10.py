@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from clipedu.exercises import Exercise, as_number, close
+from clipedu.exercises import Exercise, as_number, close, compare_tensors, prediction
 
 _TOL = {"rel": 1e-3, "atol": 1e-3}  # standardised features agree to 1e-3
 
@@ -353,4 +353,195 @@ shots_worth = Exercise(
         (lambda: lambda c, z: [_worth_reference(c, z)], "one number"),
     ],
     success="clipedu.evaluate.shots_matching does the same, and the notebook uses it from here on.",
+)
+
+
+# --- 4. the gradient of the probe's loss (a derivation) ------------------------------------------------
+def _gradient_cases():
+    g = torch.Generator().manual_seed(10)
+    cases = []
+    for n, d, k in ((12, 5, 3), (30, 4, 7), (1, 6, 2)):
+        w = torch.randn(k, d, generator=g, dtype=torch.float64)
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        y = torch.randint(0, k, (n,), generator=g)
+        cases.append((w, x, y))
+    return cases
+
+
+def _ref_gradient(w, x, y):
+    p = (x @ w.T).softmax(dim=1)  # (N, K) the probe's probabilities
+    onehot = torch.nn.functional.one_hot(y, w.shape[0]).to(p.dtype)  # (N, K)
+    return (p - onehot).T @ x / x.shape[0]  # (K, D)
+
+
+def _check_gradient(fn) -> str | None:
+    for w, x, y in _gradient_cases():
+        (n, d), k = x.shape, w.shape[0]
+        call = f"my_gradient(W ({k}, {d}), x ({n}, {d}), y ({n},))"
+        leaf = w.clone().requires_grad_()
+        torch.nn.functional.cross_entropy(x @ leaf.T, y).backward()
+        expected = leaf.grad  # autograd's answer
+        got = fn(w.clone(), x.clone(), y.clone())
+        if not isinstance(got, torch.Tensor):
+            return f"{call} should return a tensor (K, D) = ({k}, {d}), got {type(got).__name__}."
+        if got.shape == (d, k) and d != k:
+            return f"{call}: the gradient has W's shape (K, D) = ({k}, {d}); you returned its transpose ({d}, {k})."
+        if got.shape != expected.shape:
+            return f"{call} should have W's shape ({k}, {d}), got {tuple(got.shape)}."
+        got = got.to(torch.float64)
+        if close(got, expected, rel=1e-6, atol=1e-9):
+            continue
+        if n > 1 and close(got, n * expected, rel=1e-6, atol=1e-9):
+            return (f"{call} is {n} times autograd's gradient: the loss is the *mean* cross-entropy over the "
+                    f"{n} examples, so divide the sum by N.")
+        if close(got, -expected, rel=1e-6, atol=1e-9):
+            return (f"{call} has the sign reversed: the gradient is (softmax(x W^T) - onehot(y))^T x / N; "
+                    "descent moves W against it, towards the right class.")
+        onehot = torch.nn.functional.one_hot(y, k).to(torch.float64)
+        if close(got, ((x @ w.T) - onehot).T @ x / n, rel=1e-6, atol=1e-9):
+            return (f"{call}: you used the logits x W^T where the probabilities belong. Differentiating "
+                    "log-sum-exp gives the softmax: (softmax(x W^T) - onehot(y))^T x / N.")
+        if close(got, -onehot.T @ x / n, rel=1e-6, atol=1e-9):
+            return (f"{call}: you kept only the -log p(right class) numerator's term. The log-sum-exp of the "
+                    "denominator adds softmax(x W^T)^T x / N: every class's row is pushed by its probability.")
+        return compare_tensors(f"{call} (autograd's gradient of the mean cross-entropy)", got, expected, atol=1e-6)
+    return None
+
+
+probe_gradient = Exercise(
+    name="probe_gradient",
+    task="my_gradient(W (K, D), x (N, D), y (N,)) -> dL/dW (K, D) of the mean cross-entropy of softmax(x W^T), "
+    "in closed form",
+    checker=_check_gradient,
+    hint_text="For one example, L = -z_y + log sum_k exp(z_k) with z = W x. dL/dz_k = p_k - [k = y], and "
+    "dz_k/dW_k = x. Stack the examples: (P - Y)^T x, then divide by N for the mean. one_hot(y, K) builds Y.",
+    solution_code="""
+    import torch.nn.functional as F
+
+
+    def my_gradient(W, x, y):
+        p = (x @ W.T).softmax(dim=1)  # (N, K) probabilities
+        onehot = F.one_hot(y, W.shape[0]).to(p.dtype)  # (N, K)
+        return (p - onehot).T @ x / x.shape[0]  # (K, D): each class row pushed by (p - y), averaged
+    """,
+    reference=lambda: _ref_gradient,
+    mistakes=[
+        (lambda: lambda w, x, y: _ref_gradient(w, x, y) * x.shape[0], "mean"),
+        (lambda: lambda w, x, y: -_ref_gradient(w, x, y), "sign reversed"),
+        (lambda: lambda w, x, y: _ref_gradient(w, x, y).T, "transpose"),
+        (lambda: lambda w, x, y: ((x @ w.T) - torch.nn.functional.one_hot(y, w.shape[0]).to(x.dtype)).T @ x
+         / x.shape[0], "logits"),
+        (lambda: lambda w, x, y: -torch.nn.functional.one_hot(y, w.shape[0]).to(x.dtype).T @ x / x.shape[0],
+         "log-sum-exp"),
+    ],
+    success="it vanishes when every probability matches its label. scikit-learn minimises C times the summed "
+    "loss plus ||W||^2 / 2, whose gradient is C N times this one plus W: that is what L-BFGS follows.",
+    kind="derive",
+)
+
+
+# --- 5. an experiment: the regularisation strength C ----------------------------------------------------
+def experiment_setup():
+    """A fixed small probe problem: (train_x (60, 20), train_y, test_x (500, 20), test_y), 3 classes,
+    labels from a noisy linear rule. The same numbers on every call."""
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(20, 3))
+
+    def draw(n):
+        x = rng.normal(size=(n, 20))
+        return x, (x @ w + 2.5 * rng.normal(size=(n, 3))).argmax(1)
+
+    (tx, ty), (sx, sy) = draw(60), draw(500)
+    return tx, ty, sx, sy
+
+
+def _c_accuracy(c: float, on_test: bool = True) -> float:
+    from sklearn.linear_model import LogisticRegression  # imported here: scikit-learn takes seconds to load
+
+    tx, ty, sx, sy = experiment_setup()
+    clf = LogisticRegression(C=c, max_iter=1000).fit(tx, ty)
+    x, y = (sx, sy) if on_test else (tx, ty)
+    return float((clf.predict(x) == y).mean())
+
+
+def _check_c_experiment(fn) -> str | None:
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{C: test accuracy}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} value(s) of C; an experiment needs at least 3 to show a trend "
+                "(e.g. 0.001, 0.1, 10).")
+    if 1.0 not in measured and 1 not in measured:
+        return "include the baseline, scikit-learn's default C = 1.0, among your settings."
+    for c in measured:
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 1e-6 <= c <= 1e6:
+            return f"each key is a value of C, a positive number from 1e-6 to 1e6; got {c!r}."
+    for c, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return f"the accuracy for C={c} should be one number, got {type(value).__name__}."
+        expected = _c_accuracy(c)
+        if abs(got - expected) < 1e-9:
+            continue
+        if abs(got - _c_accuracy(c, on_test=False)) < 1e-9:
+            return (f"for C={c} you reported {got:.3f}, the accuracy on the 60 training examples; the checker "
+                    f"measured {expected:.3f} on the test examples. Training accuracy keeps rising with C; "
+                    "the test accuracy is what says whether the probe generalises.")
+        if abs(got - 100 * expected) < 1e-6:
+            return f"for C={c} you reported {got:.4g}: give a fraction between 0 and 1, not a percentage."
+        return (f"for C={c} the checker measured a test accuracy of {expected:.3f}, you reported {got:.3f}. Fit "
+                "LogisticRegression(C=c, max_iter=1000) on train_x, train_y and score it on test_x, test_y.")
+    return None
+
+
+def _reference_c_experiment():
+    return {c: _c_accuracy(c) for c in (0.001, 0.1, 1.0, 100.0)}
+
+
+c_experiment = Exercise(
+    name="c_experiment",
+    task="my_experiment() -> {C: test accuracy}: a logistic regression fit on nb10.experiment_setup()'s training "
+    "examples for at least 3 values of C (1.0 among them), scored on its test examples",
+    checker=_check_c_experiment,
+    hint_text="train_x, train_y, test_x, test_y = nb10.experiment_setup(); for each C, "
+    "clf = LogisticRegression(C=c, max_iter=1000).fit(train_x, train_y) and keep "
+    "float((clf.predict(test_x) == test_y).mean()).",
+    solution_code="""
+    from sklearn.linear_model import LogisticRegression
+
+    from clipedu.exercises import nb10
+
+
+    def my_experiment():
+        train_x, train_y, test_x, test_y = nb10.experiment_setup()
+        accuracy = {}
+        for c in (0.001, 0.1, 1.0, 100.0):  # the one thing changed: the inverse L2 strength
+            clf = LogisticRegression(C=c, max_iter=1000).fit(train_x, train_y)
+            accuracy[c] = float((clf.predict(test_x) == test_y).mean())
+        return accuracy
+    """,
+    reference=lambda: _reference_c_experiment,
+    mistakes=[
+        (lambda: lambda: {0.001: 0.3, 1.0: 0.6, 100.0: 0.5}, "the checker measured"),
+        (lambda: lambda: {1.0: _c_accuracy(1.0)}, "at least 3"),
+        (lambda: lambda: {c: _c_accuracy(c, on_test=False) for c in (0.001, 1.0, 100.0)}, "training examples"),
+        (lambda: lambda: {c: _c_accuracy(c) for c in (0.001, 0.01, 0.1)}, "baseline"),
+    ],
+    success="a measured curve: too small a C cannot follow the data, too large a C fits the noise of 60 examples.",
+    kind="experiment",
+)
+
+
+# --- 6. a prediction: what does an untrained encoder give a probe? ------------------------------------
+predict_random_encoder = prediction(
+    "predict_random_encoder",
+    "With a thousand labelled images, where does the linear probe on the *untrained* encoder's shape "
+    "features land: 'at chance' or 'well above chance'?",
+    "well above chance",
+    choices=("at chance", "well above chance"),
+    why="Random weights still make features: the patch projection is a random linear map of the pixels and "
+    "random attention mixes the patches, so the features keep most of what the pixels say, and a flat "
+    "coloured shape on a plain background is easy to read from pixels. What training adds is the gap to "
+    "the mini-CLIP's row.",
+    hint="A random linear map of the pixels loses little: a linear probe on top can often undo it.",
 )

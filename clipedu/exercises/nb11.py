@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from clipedu.blip2.language_model import IGNORE_INDEX, caption_labels
 from clipedu.blip2.masks import bidirectional_mask, multimodal_causal_mask, unimodal_mask
 from clipedu.blip2.objectives import query_text_similarity
-from clipedu.exercises import Exercise, compare_tensors
+from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
 
 # --- 1. the multimodal causal mask ---------------------------------------------------------------------
 _MASK_SIZES = ((3, 5), (1, 4), (4, 1), (2, 2))
@@ -234,4 +236,159 @@ stage2_labels = Exercise(
         (lambda: _prompt_at_end, "prompt positions"),
     ],
     success="the loss now reads only the caption: the prompt is there to be read, not predicted.",
+)
+
+
+# --- 4. a prediction: does the caption's end reach the queries under the ITG mask? ----------------------
+predict_queries_unchanged = prediction(
+    "predict_queries_unchanged",
+    "Under the multimodal causal mask, the caption's words from position 4 on are replaced. Do the query "
+    "outputs change: 'yes' or 'no'?",
+    "no",
+    choices=("yes", "no"),
+    why="Query rows of the ITG mask see only query columns, in every layer, so nothing of the text ever "
+    "enters a query's output (the change printed is rounding at most). Under the bidirectional mask the "
+    "queries read the text, and the same change moves them.",
+    hint="Look at the query rows of the multimodal causal mask drawn above: which columns are 1?",
+)
+
+
+# --- 5. how many entries the ITG mask allows (a derivation) ----------------------------------------------
+def _check_allowed(fn) -> str | None:
+    for q, t in ((3, 5), (1, 1), (8, 24), (32, 7), (5, 0)):
+        call = f"my_allowed({q}, {t})"
+        expected = int(multimodal_causal_mask(q, t).sum())  # counted on the mask itself
+        got = as_number(fn(q, t))
+        if got is None:
+            return f"{call} should return one number, the count of allowed (True) entries."
+        if got == expected:
+            continue
+        wrong = {
+            q * q + t * (t + 1) // 2: "the text rows see every query too: add the Q x T block (Q T entries)",
+            q * q + q * t + t * t: "a text token sees only the text up to itself, not the whole caption: the "
+            "text block is a triangle with its diagonal, T (T + 1) / 2 entries",
+            q * q + q * t + t * (t - 1) // 2: "a text token also sees itself: the triangle includes its diagonal, "
+            "T (T + 1) / 2",
+            (q + t) * (q + t + 1) // 2: "that is a causal mask over all Q + T positions; the queries see every "
+            "query, also the later ones (a full Q x Q block)",
+        }
+        if got in wrong and got != expected:
+            return f"{call} gave {got:g}, the mask has {expected}: {wrong[got]}."
+        return f"{call} gave {got:g}; counting the True entries of the multimodal causal mask gives {expected}."
+    return None
+
+
+allowed_entries = Exercise(
+    name="allowed_entries",
+    task="my_allowed(Q, T) -> the number of True entries of the (Q+T, Q+T) multimodal causal mask, in closed form",
+    checker=_check_allowed,
+    hint_text="Count block by block: queries to queries (Q x Q, all allowed), queries to text (none), text to "
+    "queries (T x Q, all), text to text (a lower triangle with its diagonal).",
+    solution_code="""
+    def my_allowed(Q, T):
+        return Q * Q + T * Q + T * (T + 1) // 2  # query block, text -> queries, causal text triangle
+    """,
+    reference=lambda: lambda q, t: q * q + t * q + t * (t + 1) // 2,
+    mistakes=[
+        (lambda: lambda q, t: q * q + t * (t + 1) // 2, "Q x T block"),
+        (lambda: lambda q, t: q * q + q * t + t * t, "triangle"),
+        (lambda: lambda q, t: (q + t) * (q + t + 1) // 2, "full Q x Q block"),
+        (lambda: lambda q, t: q * q + q * t + t * (t - 1) // 2, "sees itself"),
+    ],
+    success="BLIP-2's 32 queries and a caption of 32 tokens: 1,024 + 1,024 + 528 = 2,576 of 4,096 entries.",
+    kind="derive",
+)
+
+
+# --- 6. an experiment: how often does a batch hold a duplicate? -----------------------------------------
+EXPERIMENT_BATCHES = 500
+
+
+@functools.lru_cache(maxsize=1)
+def experiment_setup() -> torch.Tensor:
+    """(2000,) the description id of each of 2,000 ShapesWorld training pictures (``attribute_keys``):
+    the same numbers on every call."""
+    from clipedu.blip2.training import attribute_keys
+    from clipedu.data import get_dataset
+
+    return attribute_keys(get_dataset("shapes", "train", n=2000))
+
+
+def _duplicate_share(batch_size: int, per_picture: bool = False) -> float:
+    keys = experiment_setup()
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    for _ in range(EXPERIMENT_BATCHES):
+        index = torch.randperm(len(keys), generator=g)[:batch_size]
+        has_twin = (keys[index][:, None] == keys[index][None, :]).sum(dim=1) > 1  # (B,)
+        total += has_twin.float().mean().item() if per_picture else float(has_twin.any())
+    return total / EXPERIMENT_BATCHES
+
+
+def _check_duplicates(fn) -> str | None:
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{batch size: share of batches with a duplicate}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} batch size(s); an experiment needs at least 3 to show a trend "
+                "(e.g. 8, 32, 128).")
+    for b in measured:
+        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 2000:
+            return f"each key is a batch size, an int from 2 to 2000; got {b!r}."
+    for b, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return f"the share for batch size {b} should be one number, got {type(value).__name__}."
+        expected = _duplicate_share(b)
+        if abs(got - expected) <= 0.06:  # another seed or sampler is fine: 500 batches agree to a few points
+            continue
+        if abs(got - _duplicate_share(b, per_picture=True)) < 1e-6:
+            return (f"for batch size {b} you reported {got:.3f}, the share of *pictures* that have a twin in their "
+                    f"batch; the question is the share of *batches* holding at least one duplicate pair "
+                    f"({expected:.3f}): one pair is enough to spoil a row of the ITC loss.")
+        if got > 1 and abs(got - 100 * expected) <= 6:
+            return f"for batch size {b} you reported {got:.4g}: give a fraction between 0 and 1, not a percentage."
+        return (f"for batch size {b} the checker measured {expected:.3f} of {EXPERIMENT_BATCHES} random batches "
+                f"with a duplicate pair, you reported {got:.3f}.")
+    return None
+
+
+def _reference_duplicates():
+    return {b: _duplicate_share(b) for b in (8, 32, 128)}
+
+
+duplicates = Exercise(
+    name="duplicates",
+    task="my_experiment() -> {batch size: share of 500 random batches with at least one pair of pictures of "
+    "the same description}, for at least 3 batch sizes",
+    checker=_check_duplicates,
+    hint_text="keys = nb11.experiment_setup(); for each batch size, g = torch.Generator().manual_seed(0), then 500 "
+    "times: index = torch.randperm(len(keys), generator=g)[:batch_size]; the batch has a duplicate when "
+    "keys[index].unique().numel() < batch_size.",
+    solution_code="""
+    import torch
+
+    from clipedu.exercises import nb11
+
+
+    def my_experiment():
+        keys = nb11.experiment_setup()  # (2000,) one description id per picture
+        share = {}
+        for batch_size in (8, 32, 128):  # the one thing changed
+            g = torch.Generator().manual_seed(0)
+            hits = 0
+            for _ in range(500):
+                index = torch.randperm(len(keys), generator=g)[:batch_size]
+                hits += keys[index].unique().numel() < batch_size  # at least one pair shares a description
+            share[batch_size] = hits / 500
+        return share
+    """,
+    reference=lambda: _reference_duplicates,
+    mistakes=[
+        (lambda: lambda: {8: 0.01, 32: 0.1, 128: 0.4}, "the checker measured"),
+        (lambda: lambda: {32: _duplicate_share(32)}, "at least 3"),
+        (lambda: lambda: {b: _duplicate_share(b, per_picture=True) for b in (8, 32, 128)}, "*pictures*"),
+    ],
+    success="the birthday problem: with about 900 descriptions, duplicates are rare at 8 and almost certain at 128.",
+    kind="experiment",
 )

@@ -3,10 +3,12 @@ that keeps the contrastive batch whole."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from clipedu.exercises import Exercise, as_number, close
+from clipedu.exercises import Exercise, as_number, close, prediction
 from clipedu.losses import clip_loss
 
 _TOL = {"rel": 1e-5, "atol": 1e-5}  # losses are compared to 1e-5
@@ -283,3 +285,181 @@ def _scale_every_pass(encode_images, encode_texts, log_scale, images, texts, k):
 def _divided_by_k(encode_images, encode_texts, log_scale, images, texts, k):
     """A typical mistake: the habit from classification, dividing each pass's loss by k."""
     return _cached_passes(encode_images, encode_texts, log_scale, images, texts, k, False, True)
+
+
+# --- 3. a prediction: the per-device loss of an untrained model ------------------------------------------
+predict_per_device = prediction(
+    "predict_per_device",
+    "B = 16 pairs on N = 4 devices, each taking the loss of its own 4 pairs. For the untrained model, is the "
+    "mean of the four losses near 'ln 16' or near 'ln 4'?",
+    "ln 4",
+    choices=("ln 16", "ln 4"),
+    why="Each device's softmax runs over its own b = 4 captions, and a model that cannot tell them apart gives "
+    "each about 1/4: a loss of about ln 4 = 1.39 per device, so their mean too. The question got easier, "
+    "the model did not get better.",
+    hint="Section 1: a model that cannot tell the pairs apart scores ln of the number of candidates in each softmax.",
+)
+
+
+# --- 4. the gradient on the scale (a derivation) ---------------------------------------------------------
+def _scale_cases():
+    cases = []
+    for b, seed, s in ((6, 1, 14.3), (10, 2, 3.0), (4, 3, 50.0)):
+        img, txt = _embeddings(b, e=8, seed=seed)
+        cases.append((img.double(), txt.double(), s))
+    return cases
+
+
+def _softmaxes(img, txt, s):
+    cos = img @ txt.t()  # (B, B)
+    p, q = (s * cos).softmax(dim=1), (s * cos).softmax(dim=0)  # rows: texts per image; columns: images per text
+    return cos, p, q, torch.eye(len(img), dtype=cos.dtype)
+
+
+def _ref_scale_grad(img, txt, s):
+    cos, p, q, y = _softmaxes(img, txt, s)
+    return (((p - y) + (q - y)) * cos).sum() / (2 * len(img))
+
+
+def _check_scale_grad(fn) -> str | None:
+    for img, txt, s in _scale_cases():
+        b = len(img)
+        call = f"my_scale_grad(image_embeds ({b}, 8), text_embeds ({b}, 8), scale={s})"
+        leaf = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+        clip_loss(img, txt, leaf).backward()
+        expected = leaf.grad.item()  # autograd's answer
+        got = as_number(fn(img.clone(), txt.clone(), s))
+        if got is None:
+            return f"{call} should return one number, dL/ds."
+        if close(got, expected, rel=1e-6, atol=1e-9):
+            continue
+        cos, p, q, y = _softmaxes(img, txt, s)
+        wrong = [
+            (-expected, "the sign is reversed: the gradient is (1/2B) sum_ij [(p_ij - y_ij) + (q_ij - y_ij)] cos_ij"),
+            (s * expected, "that is dL/d(log s) = s dL/ds, the gradient on logit_scale; the question is dL/ds"),
+            (((p - y) * cos).sum().item() / b, "you kept only the image-to-text direction (the row softmax p); "
+             "the loss averages two cross-entropies, so the column softmax q adds its own term, each halved"),
+            (((p + q) * cos).sum().item() / (2 * b), "you left out the labels: each direction contributes "
+             "(softmax - onehot), so the positives' cosines are subtracted"),
+            (2 * b * expected, "the sum needs its normalisation: the loss is a mean over B rows and B columns, "
+             "halved, so divide the sum by 2B"),
+        ]
+        for value, message in wrong:
+            if close(got, value, rel=1e-6, atol=1e-9):
+                return f"{call} gave {got:.6g}, autograd gives {expected:.6g}: {message}."
+        return f"{call} gave {got:.6g}; autograd's gradient of clip_loss with respect to the scale is {expected:.6g}."
+    return None
+
+
+scale_gradient = Exercise(
+    name="scale_gradient",
+    task="my_scale_grad(image_embeds (B, E), text_embeds (B, E), scale) -> dL/ds of clip_loss, in closed form",
+    checker=_check_scale_grad,
+    hint_text="Every logit is s cos_ij, so dL/ds = sum_ij (dL/dlogit_ij) cos_ij. With the row softmax p and "
+    "the column softmax q of the logits, dL/dlogit_ij = [(p_ij - y_ij) + (q_ij - y_ij)] / (2B), y the identity.",
+    solution_code="""
+    import torch
+
+
+    def my_scale_grad(image_embeds, text_embeds, scale):
+        cos = image_embeds @ text_embeds.t()  # (B, B)
+        p, q = (scale * cos).softmax(dim=1), (scale * cos).softmax(dim=0)  # rows and columns
+        y = torch.eye(len(cos), dtype=cos.dtype)
+        return (((p - y) + (q - y)) * cos).sum() / (2 * len(cos))
+    """,
+    reference=lambda: _ref_scale_grad,
+    mistakes=[
+        (lambda: lambda i, t, s: -_ref_scale_grad(i, t, s), "sign"),
+        (lambda: lambda i, t, s: s * _ref_scale_grad(i, t, s), "log s"),
+        (lambda: lambda i, t, s: (lambda c, p, q, y: ((p - y) * c).sum() / len(c))(*_softmaxes(i, t, s)),
+         "column softmax"),
+        (lambda: lambda i, t, s: (lambda c, p, q, y: ((p + q) * c).sum() / (2 * len(c)))(*_softmaxes(i, t, s)),
+         "labels"),
+    ],
+    success="the scale grows while the positives' cosines beat the softmax-weighted average cosine: a sharper "
+    "softmax pays only when the pairs are told apart.",
+    kind="derive",
+)
+
+
+# --- 5. an experiment: the loss over k blocks of one batch ---------------------------------------------
+def experiment_setup():
+    """Fixed embeddings of 256 pairs, like a partly trained model's (each text near its image), and the
+    scale: (image_embeds (256, 32), text_embeds (256, 32), scale). The same numbers on every call."""
+    g = torch.Generator().manual_seed(13)
+    img = F.normalize(torch.randn(256, 32, generator=g), dim=-1)
+    txt = F.normalize(img + 0.8 * torch.randn(256, 32, generator=g), dim=-1)
+    return img, txt, 10.0
+
+
+def _blocks_loss(k: int) -> float:
+    from clipedu.distributed import per_device_clip_loss
+
+    img, txt, scale = experiment_setup()
+    return per_device_clip_loss(img, txt, scale, chunks=k).item()
+
+
+def _check_blocks(fn) -> str | None:
+    measured = fn()
+    if not isinstance(measured, dict):
+        return f"return a dict {{k: loss over k blocks}}, got {type(measured).__name__}."
+    if len(measured) < 3:
+        return (f"you measured {len(measured)} value(s) of k; an experiment needs at least 3 to show a trend "
+                "(e.g. 1, 4, 16).")
+    for k in measured:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0 or 256 % k:
+            return f"each key is a number of blocks k that divides the batch of 256 (1, 2, 4, ..., 256); got {k!r}."
+    if 1 not in measured:
+        return "include the baseline k = 1, the loss over the whole batch."
+    whole = _blocks_loss(1)
+    for k, value in sorted(measured.items()):
+        got = as_number(value)
+        if got is None:
+            return f"the loss for k={k} should be one number, got {type(value).__name__}."
+        expected = _blocks_loss(k)
+        if close(got, expected, rel=1e-4, atol=1e-5):
+            continue
+        if k > 1 and close(got, whole, rel=1e-4, atol=1e-5):
+            return (f"for k={k} you reported {got:.4f}, the loss of the whole batch; cut the batch into {k} blocks "
+                    f"of {256 // k} pairs, take each block's own loss and average them ({expected:.4f}).")
+        if close(got, math.log(256 / k), rel=1e-4, atol=1e-5):
+            return (f"for k={k} you reported ln({256 // k}) = {got:.4f}, the loss of a model that guesses; the "
+                    f"checker measured the loss of these embeddings, {expected:.4f}.")
+        return (f"for k={k} the checker measured a loss of {expected:.4f} over {k} blocks, you reported "
+                f"{got:.4f}. Use per_device_clip_loss(image_embeds, text_embeds, scale, chunks=k).")
+    return None
+
+
+def _reference_blocks():
+    return {k: _blocks_loss(k) for k in (1, 4, 16)}
+
+
+blocks_loss = Exercise(
+    name="blocks_loss",
+    task="my_experiment() -> {k: loss}: the mean of the CLIP losses of k blocks of nb13.experiment_setup()'s "
+    "batch, for at least 3 values of k, k = 1 among them",
+    checker=_check_blocks,
+    hint_text="image_embeds, text_embeds, scale = nb13.experiment_setup(); for each k, "
+    "per_device_clip_loss(image_embeds, text_embeds, scale, chunks=k).item().",
+    solution_code="""
+    from clipedu.distributed import per_device_clip_loss
+    from clipedu.exercises import nb13
+
+
+    def my_experiment():
+        image_embeds, text_embeds, scale = nb13.experiment_setup()  # 256 pairs
+        return {k: per_device_clip_loss(image_embeds, text_embeds, scale, chunks=k).item()
+                for k in (1, 4, 16)}  # the one thing changed: how many blocks the loss is cut into
+    """,
+    reference=lambda: _reference_blocks,
+    mistakes=[
+        (lambda: lambda: {1: 3.0, 4: 2.0, 16: 1.0}, "the checker measured"),
+        (lambda: lambda: {1: _blocks_loss(1), 16: _blocks_loss(16)}, "at least 3"),
+        (lambda: lambda: {k: _blocks_loss(1) for k in (1, 4, 16)}, "whole batch"),
+        (lambda: lambda: {k: math.log(256 / k) for k in (1, 4, 16)}, "guesses"),
+        (lambda: lambda: {k: _blocks_loss(k) for k in (2, 4, 16)}, "baseline"),
+    ],
+    success="the same embeddings, a lower loss the more blocks: fewer negatives per row make an easier question, "
+    "not a better model.",
+    kind="experiment",
+)
