@@ -25,6 +25,19 @@ def causal_mask(n: int, device=None) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
+def prefix_mask(n_prefix: int, n: int, device=None) -> torch.Tensor:
+    """(n, n) boolean mask of a prefix-LM: the first ``n_prefix`` tokens see each other both ways,
+    and every token sees the whole prefix; after it, token i sees tokens 0..i (causal).
+
+    ``prefix_mask(0, n)`` is :func:`causal_mask`; ``prefix_mask(n, n)`` lets every token see every token.
+    """
+    if not 0 <= n_prefix <= n:
+        raise ValueError(f"the prefix must hold between 0 and n={n} tokens, got {n_prefix}")
+    mask = causal_mask(n, device)
+    mask[:, :n_prefix] = True
+    return mask
+
+
 def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
     """(B, 1, 1, L) boolean mask, True for keys that are real tokens; broadcasts over heads and queries."""
     return (tokens != pad_id)[:, None, None, :]
@@ -97,6 +110,39 @@ class MultiHeadAttention(nn.Module):
             weights = None
         out = out.transpose(1, 2).reshape(b, n, d)  # (B, N, H, D/H) -> (B, N, D)
         return self.out_proj(out), weights
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from ``x`` (the queries) to ``context`` (another sequence's tokens).
+
+    Queries come from ``x`` (width ``width``); keys and values from ``context``, whose width
+    (``context_width``: an encoder's, a frozen image tower's) may differ. No mask: every query sees
+    every context token. The Q-Former's queries read the image this way (notebook 11), and so does an
+    encoder-decoder's decoder read the encoder's outputs (notebook 16).
+    """
+
+    def __init__(self, width: int, context_width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.width, self.heads, self.head_dim = width, heads, width // heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context_width, 2 * width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, Q, D), context: (B, N, C) -> (B, Q, D), and weights (B, H, Q, N) when asked for."""
+        b, nq, d = x.shape
+        n = context.shape[1]
+        q = self.q(x).view(b, nq, self.heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D/H)
+        k, v = self.kv(context).view(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v)  # (B, H, Q, D/H), (B, H, Q, N)
+        else:
+            out, weights = F.scaled_dot_product_attention(q, k, v), None
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, d)), weights
 
 
 def _combine(mask: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 A model is built from its config and nothing else, so a config saved with a checkpoint is enough to
 rebuild the model. Presets:
 
-- ``tiny``: trains on ShapesWorld on a laptop CPU in minutes (32 px, patch 8, width 128).
+- ``tiny``: trains on ShapesWorld on a laptop CPU in minutes (32 px, patch 8, width 96).
 - ``small``: a Colab-GPU model for CIFAR-sized photos (32 px, patch 4, width 256).
 - ``ViT-B/32``: exactly OpenAI's released ViT-B/32 layout, so its weights load into clipedu.
 """

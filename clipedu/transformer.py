@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from clipedu.attention import MultiHeadAttention
+from clipedu.attention import CrossAttention, MultiHeadAttention
 
 
 class QuickGELU(nn.Module):
@@ -61,6 +61,39 @@ class ResidualBlock(nn.Module):
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
         return x, weights
+
+
+class DecoderBlock(nn.Module):
+    """One pre-LN block of an encoder-decoder's decoder (Vaswani et al. 2017, pre-LN as above).
+
+        x = x + self_attn(ln_1(x))            # causal: token i sees targets 0..i
+        x = x + cross_attn(ln_2(x), memory)   # every target token reads every encoder output
+        x = x + mlp(ln_3(x))
+
+    ``memory`` is the encoder's *final* output, the same tensor for every decoder block; each block
+    has its own cross-attention weights to read it with.
+    """
+
+    def __init__(self, width: int, heads: int, memory_width: int | None = None, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.cross_attn = CrossAttention(width, memory_width or width, heads)
+        self.ln_3 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x: (B, T, D), memory: (B, S, M) -> (B, T, D), self-attention weights (B, H, T, T) and
+        cross-attention weights (B, H, T, S) when asked for."""
+        attended, self_weights = self.attn(self.ln_1(x), is_causal=True, need_weights=need_weights)
+        x = x + attended
+        read, cross_weights = self.cross_attn(self.ln_2(x), memory, need_weights=need_weights)
+        x = x + read
+        x = x + self.mlp(self.ln_3(x))
+        return x, self_weights, cross_weights
 
 
 class TransformerOutput(NamedTuple):

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from clipedu.attention import MultiHeadAttention, scaled_dot_product_attention
+from clipedu.attention import CrossAttention, MultiHeadAttention
 from clipedu.blip2.masks import objective_mask, with_text_padding
 from clipedu.transformer import MLP
 
@@ -77,37 +76,6 @@ class QFormerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from ``x`` (the queries) to ``context`` (the image tokens).
-
-    Queries come from ``x`` (width ``width``); keys and values from ``context``, whose width
-    (``context_width``, the frozen encoder's) may differ. No mask: every query sees every image token.
-    """
-
-    def __init__(self, width: int, context_width: int, heads: int):
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
-        self.width, self.heads, self.head_dim = width, heads, width // heads
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(context_width, 2 * width)
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, Q, D), context: (B, N, C) -> (B, Q, D), and weights (B, H, Q, N) when asked for."""
-        b, nq, d = x.shape
-        n = context.shape[1]
-        q = self.q(x).view(b, nq, self.heads, self.head_dim).transpose(1, 2)  # (B, H, Q, D/H)
-        k, v = self.kv(context).view(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if need_weights:
-            out, weights = scaled_dot_product_attention(q, k, v)  # (B, H, Q, D/H), (B, H, Q, N)
-        else:
-            out, weights = F.scaled_dot_product_attention(q, k, v), None
-        return self.out_proj(out.transpose(1, 2).reshape(b, nq, d)), weights
 
 
 class QFormerLayer(nn.Module):

@@ -13,13 +13,14 @@ compute what the plots draw, so tests and notebooks can check them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyBboxPatch
 
+from clipedu.architectures import influence_matrix  # noqa: F401  (computed there, drawn here)
 from clipedu.attention import causal_mask
 
 MASK_COLOURS = ListedColormap(["#f2f2f2", "#3b6fb6"])  # blocked, may attend
@@ -65,30 +66,6 @@ def mask_patterns(n: int = 6, n_source: int | None = None, n_target: int | None 
         "decoder-only": causal_mask(n),
         "encoder-decoder": encoder_decoder_mask(n_source, n_target),
     }
-
-
-@torch.no_grad()
-def influence_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """(N, N): entry (i, j) is how much output token i moves when input token j is changed.
-
-    ``fn`` maps tokens (B, N, D) to outputs (B, N, D'). Each input token j in turn gets random
-    noise of size ``scale`` added; the entry is the largest absolute change of output i over the
-    batch and the features. An exact zero means output i cannot see input j: measured, this is
-    the attention mask of the whole stack.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"expected tokens of shape (B, N, D), got {tuple(x.shape)}")
-    base = fn(x)  # (B, N, D')
-    if base.dim() != 3 or base.shape[:2] != x.shape[:2]:
-        raise ValueError(f"fn must return (B, N, D') outputs for (B, N, D) inputs, got {tuple(base.shape)}")
-    n = x.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    out = torch.zeros(n, n)
-    for j in range(n):
-        moved = x.clone()
-        moved[:, j] += scale * torch.randn(moved[:, j].shape, generator=gen).to(x)
-        out[:, j] = (fn(moved) - base).abs().amax(dim=(0, 2)).float().cpu()  # (N,)
-    return out
 
 
 # --- drawing masks --------------------------------------------------------------------------------
