@@ -8,8 +8,10 @@ For each budget and seed: the number of steps that fit the budget is measured on
 (a short timed run), the tiny preset trains for exactly that many steps with the course recipe, and
 the model is evaluated on 1,000 test images and 1,000 held-out-pair images:
 
-- zero-shot top-1 on shape, colour, size and position (each prompted with that attribute only);
-- zero-shot on the held-out colour x shape pairs (prompted "the {colour} {shape}" over all 64);
+- zero-shot top-1 on shape, colour, size and position, and on the held-out colour x shape pairs
+  (64-way), with the data's whole-description prompts ("a small red {} in the top left", every
+  combination of the other attributes) summed as probabilities, as ``clipedu eval`` reports them;
+  ``<attribute>_embedding_mean`` is the CLIP paper's average of prompt embeddings on the same prompts;
 - recall@1 image->text and text->image on 1,000 test pairs, strict (the paired caption) and
   lenient (any caption whose attributes all match the image);
 - linear probes (frozen features) on shape and position against raw pixels and a random encoder,
@@ -40,7 +42,6 @@ from clipedu.evaluate import (  # noqa: E402
     encode_images,
     encode_texts,
     few_shot_curve,
-    heldout_pair_accuracy,
     linear_probe,
     pixel_features,
     retrieval_recall,
@@ -72,9 +73,12 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
 
     out = {"steps": cfg.steps, "seconds": seconds, "final_loss": history.loss[-1]}
     image_embeds = encode_images(model, test)
-    for attribute in ATTRIBUTES:
-        out[attribute] = zero_shot(model, tokenizer, test, attribute, image_embeds=image_embeds).top1
-    out["heldout_pairs"] = heldout_pair_accuracy(model, tokenizer, held)
+    held_embeds = encode_images(model, held)
+    cases = [(a, test, image_embeds, a) for a in ATTRIBUTES] + [("heldout_pairs", held, held_embeds, "colour_shape")]
+    for name, data, embeds, attribute in cases:
+        for ensemble, suffix in (("probability", ""), ("embedding", "_embedding_mean")):
+            out[name + suffix] = zero_shot(model, tokenizer, data, attribute, image_embeds=embeds,
+                                           ensemble=ensemble).top1
     texts, owner = caption_pairs(test)
     text_embeds = encode_texts(model, tokenizer, texts)
     strict = retrieval_recall(image_embeds, text_embeds, owner, ks=(1,))
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
     print(describe_machine(device))
     print(f"tiny preset, ShapesWorld 32x32 one object, {args.train_size} training images, seeds {args.seeds}\n")
 
-    keys = ["steps", "seconds", "final_loss", *ATTRIBUTES, "heldout_pairs",
+    zero_shot_keys = [*ATTRIBUTES, "heldout_pairs"]
+    keys = ["steps", "seconds", "final_loss", *zero_shot_keys, *(f"{k}_embedding_mean" for k in zero_shot_keys),
             "i2t_R@1", "t2i_R@1", "i2t_R@1_lenient", "t2i_R@1_lenient"]
     if not args.no_probes:
         keys += [f"probe_{a}_{n}" for a in ("shape", "position") for n in ("clip", "random", "pixels")]

@@ -2,7 +2,10 @@
 
 - **Zero-shot**: no training on labels at all. Write each class as text ("a photo of a dog."),
   embed it, and call an image whichever class text it is most similar to. With several prompt
-  templates per class, average their (unit) embeddings and renormalise: the *prompt ensemble*.
+  templates per class, either average their (unit) embeddings and renormalise (CLIP's *prompt
+  ensemble*, one vector per class) or add up the probabilities the model gives each class's prompts
+  (the *probability ensemble*: right when a class is a union of different descriptions, such as
+  "a circle" of any colour, size and place; notebook 07 measures both).
 - **Retrieval**: rank all captions for each image (and all images for each caption); recall@K is
   how often a right one is in the top K.
 - **Linear probe** (as in the CLIP paper): freeze the image encoder, take its features *before* the
@@ -78,17 +81,43 @@ def encode_texts(model: CLIP, tokenizer, texts: Sequence[str], batch_size: int =
 
 
 # --- zero-shot --------------------------------------------------------------------------------------
-def zero_shot_classifier(
+ENSEMBLES = ("embedding", "probability")
+
+
+def prompt_embeddings(
     model: CLIP, tokenizer, class_names: Sequence[str], templates: Sequence[str] = ("{}",)
 ) -> torch.Tensor:
-    """(K, E) unit vectors, one per class: the mean of its prompts' embeddings, renormalised."""
+    """(K, T, E) unit vectors: every template filled with every class name, class-major."""
     if not class_names:
         raise ValueError("zero-shot needs at least one class name")
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template needs a {{}} for the class name, got {list(templates)}")
     prompts = [t.format(name) for name in class_names for t in templates]  # class-major order
-    embeds = encode_texts(model, tokenizer, prompts).view(len(class_names), len(templates), -1)  # (K, T, E)
-    return F.normalize(embeds.mean(dim=1), dim=-1)  # (K, E)
+    return encode_texts(model, tokenizer, prompts).view(len(class_names), len(templates), -1)
+
+
+def zero_shot_classifier(
+    model: CLIP, tokenizer, class_names: Sequence[str], templates: Sequence[str] = ("{}",)
+) -> torch.Tensor:
+    """(K, E) unit vectors, one per class: the mean of its prompts' embeddings, renormalised."""
+    return F.normalize(prompt_embeddings(model, tokenizer, class_names, templates).mean(dim=1), dim=-1)
+
+
+def probability_ensemble(image_embeds: torch.Tensor, prompt_embeds: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, K) log p(class | image): the model's softmax over all K*T prompts, summed over each
+    class's T prompts.
+
+    p(prompt | image) = softmax(scale * cosine) over every prompt, as in the training loss, so
+    log p(class | image) = logsumexp_t(scale * cos[k, t]) - logsumexp_{k', t}(scale * cos[k', t]).
+    """
+    if prompt_embeds.dim() != 3:
+        raise ValueError(f"prompt_embeds must be (classes, templates, dim), got shape {tuple(prompt_embeds.shape)}")
+    if image_embeds.shape[-1] != prompt_embeds.shape[-1]:
+        raise ValueError(f"image embeddings have {image_embeds.shape[-1]} dimensions but the prompts "
+                         f"have {prompt_embeds.shape[-1]}")
+    scaled = scale * torch.einsum("ne,kte->nkt", image_embeds.float(), prompt_embeds.float())  # (N, K, T)
+    per_class = scaled.logsumexp(dim=-1)  # (N, K)
+    return per_class - per_class.logsumexp(dim=-1, keepdim=True)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -113,7 +142,7 @@ class ZeroShotResult:
     top5: float
     predictions: torch.Tensor  # (N,)
     labels: torch.Tensor  # (N,)
-    logits: torch.Tensor  # (N, K) cosine similarities (unscaled)
+    logits: torch.Tensor  # (N, K) cosines (embedding ensemble) or log-probabilities (probability ensemble)
     class_names: list[str]
     confusion: torch.Tensor  # (K, K)
 
@@ -130,21 +159,29 @@ def zero_shot(
     templates: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     image_embeds: torch.Tensor | None = None,
+    ensemble: str = "embedding",
 ) -> ZeroShotResult:
     """Zero-shot classification of ``data`` by one attribute (``"class"`` for CIFAR and digits;
     ``"shape"``, ``"colour"``, ``"size"``, ``"position"`` or ``"colour_shape"`` for ShapesWorld).
 
     ``templates`` default to the data's own for that attribute; pass precomputed
-    ``image_embeds`` to score several prompt sets against the same images.
+    ``image_embeds`` to score several prompt sets against the same images. ``ensemble`` says how a
+    class's prompts combine: ``"embedding"`` averages their embeddings (CLIP's prompt ensemble),
+    ``"probability"`` adds up the probabilities the model gives them (:func:`probability_ensemble`).
     """
     if attribute not in data.labels:
         raise ValueError(f"{data.name!r} has no labels for {attribute!r}; it has {sorted(data.labels)}")
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     class_names = list(class_names or data.class_names[attribute])
     templates = list(templates or data.templates.get(attribute) or ["{}"])
-    weights = zero_shot_classifier(model, tokenizer, class_names, templates)  # (K, E)
+    prompts = prompt_embeddings(model, tokenizer, class_names, templates)  # (K, T, E)
     if image_embeds is None:
         image_embeds = encode_images(model, data)
-    logits = image_embeds @ weights.t()  # (N, K)
+    if ensemble == "embedding":
+        logits = image_embeds @ F.normalize(prompts.mean(dim=1), dim=-1).t()  # (N, K)
+    else:
+        logits = probability_ensemble(image_embeds, prompts, model.scale.item())  # (N, K)
     labels = data.labels[attribute]
     acc = topk_accuracy(logits, labels, ks=(1, min(5, len(class_names))))
     predictions = logits.argmax(dim=1)
@@ -471,21 +508,26 @@ def heldout_pair_accuracy(model: CLIP, tokenizer, heldout: CaptionedImages, imag
 def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed: int = 0) -> dict[str, float]:
     """The numbers the CLI and the benchmarks print for a dataset's test split.
 
-    ShapesWorld: zero-shot top-1 for shape, colour, size and position, the held-out colour x shape
-    pairs, and retrieval recall@1/5/10 over ``n`` test pairs, counted strictly (the paired caption)
-    and leniently (any caption whose attributes all match the image). Other data: zero-shot top-1
-    and top-5 over the classes and recall@K.
+    ShapesWorld: zero-shot top-1 for shape, colour, size and position, and for the held-out colour x
+    shape pairs, with the data's whole-description prompts summed as probabilities (a class is a
+    union of descriptions; ``zero_shot_<attribute>_embedding_mean`` gives CLIP's embedding average
+    beside it), then retrieval recall@1/5/10 over ``n`` test pairs, counted strictly (the paired
+    caption) and leniently (any caption whose attributes all match the image). Other data:
+    zero-shot top-1 and top-5 over the classes (CLIP's embedding average) and recall@K.
     """
     metrics: dict[str, float] = {}
     if dataset in ("shapes", "shapes2"):
         test = get_dataset(dataset, "test", n=n, seed=seed + 1000)
         embeds = encode_images(model, test)
         if dataset == "shapes":
-            for attribute in ("shape", "colour", "size", "position"):
-                result = zero_shot(model, tokenizer, test, attribute, image_embeds=embeds)
-                metrics[f"zero_shot_{attribute}"] = result.top1
             held = get_dataset(dataset, "heldout", n=n, seed=seed + 1000)
-            metrics["zero_shot_heldout_pairs"] = heldout_pair_accuracy(model, tokenizer, held)
+            held_embeds = encode_images(model, held)
+            cases = [(a, test, embeds, a) for a in ("shape", "colour", "size", "position")]
+            cases.append(("heldout_pairs", held, held_embeds, "colour_shape"))
+            for name, data, images, attribute in cases:
+                for ensemble, suffix in (("probability", ""), ("embedding", "_embedding_mean")):
+                    result = zero_shot(model, tokenizer, data, attribute, image_embeds=images, ensemble=ensemble)
+                    metrics[f"zero_shot_{name}{suffix}"] = result.top1
         else:
             metrics["swapped_caption_accuracy"] = swapped_caption_accuracy(model, tokenizer, test, embeds)
         texts, owner = caption_pairs(test)

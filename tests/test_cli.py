@@ -32,6 +32,7 @@ def test_train_eval_probe_end_to_end(tmp_path, capsys):
     assert main(["train", "--out", str(out), "--steps", "4", "--fast", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "zero_shot_shape" in printed and "zero_shot_heldout_pairs" in printed
+    assert "zero_shot_shape_embedding_mean" in printed and "zero_shot_heldout_pairs_embedding_mean" in printed
     assert (out / "checkpoint.pt").exists() and (out / "training.png").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 4 and 0 <= metrics["eval"]["zero_shot_colour"] <= 1

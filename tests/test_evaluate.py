@@ -12,6 +12,8 @@ from clipedu.evaluate import (
     encode_texts,
     few_shot_indices,
     linear_probe,
+    probability_ensemble,
+    prompt_embeddings,
     retrieval_recall,
     segmentation_scores,
     swapped_caption_accuracy,
@@ -54,6 +56,56 @@ def test_zero_shot_bad_inputs(setup):
         zero_shot(model, tok, data, "class")
     with pytest.raises(ValueError, match="needs a \\{\\} for the class name"):
         zero_shot_classifier(model, tok, ["circle"], ["a shape"])
+
+
+def test_probability_ensemble_sums_the_softmax_over_every_prompt():
+    torch.manual_seed(0)
+    images = F.normalize(torch.randn(5, 8), dim=-1)
+    prompts = F.normalize(torch.randn(3, 4, 8), dim=-1)  # 3 classes x 4 prompts
+    log_p = probability_ensemble(images, prompts, scale=20.0)
+    for n in range(5):  # loop: softmax over all 12 prompts, then each class's 4 added up
+        p = torch.softmax(20.0 * (prompts.reshape(12, 8) @ images[n]), dim=0).view(3, 4).sum(dim=1)
+        torch.testing.assert_close(log_p[n].exp(), p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_p.exp().sum(dim=1), torch.ones(5))
+
+
+def test_one_prompt_per_class_makes_both_ensembles_agree():
+    torch.manual_seed(1)
+    images = F.normalize(torch.randn(50, 8), dim=-1)
+    prompts = F.normalize(torch.randn(6, 1, 8), dim=-1)
+    cosines = images @ prompts[:, 0].t()
+    assert torch.equal(probability_ensemble(images, prompts, 30.0).argmax(1), cosines.argmax(1))
+
+
+def test_a_class_of_two_descriptions_defeats_the_embedding_mean_not_the_probabilities():
+    e = torch.eye(3)
+    a = torch.stack([e[0], e[1]])  # class A: two different descriptions
+    b = F.normalize(0.75 * e[0] + 0.66 * e[1], dim=0)  # class B: one description between them
+    image = e[:1]  # an image of A's first description
+    mean_a = F.normalize(a.mean(0), dim=0)
+    assert (image @ b) > (image @ mean_a)  # the average of A's prompts loses to B
+    prompts = torch.stack([a, torch.stack([b, b])])  # (2 classes, 2 prompts, 3)
+    assert probability_ensemble(image, prompts, 10.0).argmax(1).item() == 0  # summing picks A
+
+
+def test_zero_shot_probability_ensemble_matches_the_function(setup):
+    model, tok, data = setup
+    r = zero_shot(model, tok, data, "size", ensemble="probability")
+    prompts = prompt_embeddings(model, tok, data.class_names["size"], data.templates["size"])
+    from clipedu.evaluate import encode_images
+    expected = probability_ensemble(encode_images(model, data), prompts, model.scale.item())
+    torch.testing.assert_close(r.logits, expected)
+    assert r.top1 == pytest.approx((expected.argmax(1) == data.labels["size"]).float().mean().item())
+
+
+def test_probability_ensemble_bad_inputs(setup):
+    model, tok, data = setup
+    with pytest.raises(ValueError, match=r"ensemble must be one of \('embedding', 'probability'\), got 'mean'"):
+        zero_shot(model, tok, data, "colour", ensemble="mean")
+    with pytest.raises(ValueError, match=r"\(classes, templates, dim\), got shape \(3, 8\)"):
+        probability_ensemble(torch.randn(2, 8), torch.randn(3, 8), 1.0)
+    with pytest.raises(ValueError, match="image embeddings have 8 dimensions but the prompts have 4"):
+        probability_ensemble(torch.randn(2, 8), torch.randn(3, 2, 4), 1.0)
 
 
 def test_topk_accuracy_by_hand():
