@@ -220,3 +220,14 @@ def test_stage1_trains_in_bfloat16_autocast(setup):
                               b2.stage_config(steps=3, batch_size=8, precision="bf16", log_every=1), progress=False)
     assert len(history.loss) == 3 and all(torch.isfinite(torch.tensor(history.itc)))
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+
+
+def test_recipe_for_each_mode_keeps_the_gpu_recipe_for_full_mode_only():
+    from clipedu.blip2.training import Blip2Recipe
+
+    fast, cpu, full = (Blip2Recipe.for_mode(m) for m in ("fast", "cpu", "full"))
+    assert cpu == fast  # a laptop gets the CPU recipe, not the GPU's 8,000 steps at width 128
+    assert full.qformer_width == 128 and full.stage1.steps == 3000 and fast.stage1.steps < full.stage1.steps
+    assert Blip2Recipe.for_mode(True) == fast and Blip2Recipe.for_mode(False) == full  # the older flag
+    with pytest.raises(ValueError, match="mode must be 'fast', 'cpu' or 'full', got 'gpu'"):
+        Blip2Recipe.for_mode("gpu")

@@ -76,7 +76,7 @@ def setup_cell_source(repository: str = REPOSITORY, branch: str = BRANCH) -> str
     return f'''{SETUP_FIRST_LINE}
 # On Colab it installs clipedu, pinning the torch, numpy and ipywidgets Colab already has (so
 # nothing is upgraded and no restart is needed). Everywhere it then picks the device, seeds every
-# random generator and reports fast or full mode (see notebook 00).
+# random generator and reports the mode: fast, cpu or full (see notebook 00).
 import sys
 
 if "google.colab" in sys.modules:

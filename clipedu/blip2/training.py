@@ -204,8 +204,15 @@ class Blip2Recipe:
     retrieval_k: int = 16
 
     @classmethod
-    def for_mode(cls, fast: bool) -> Blip2Recipe:
-        if not fast:
+    def for_mode(cls, mode: str | bool) -> Blip2Recipe:
+        """``"full"`` (a GPU) gets the full recipe; ``"fast"`` and ``"cpu"`` (CI, a laptop) the CPU
+        one, about a minute of training: the full recipe's 8,000 steps at width 128 are a GPU's work.
+        A bool is the older fast flag (False means full)."""
+        if isinstance(mode, bool):
+            mode = "fast" if mode else "full"
+        if mode not in ("fast", "cpu", "full"):
+            raise ValueError(f"mode must be 'fast', 'cpu' or 'full', got {mode!r}")
+        if mode == "full":
             return cls(train_images=20_000, test_images=1000)
         return cls(
             train_images=2000, test_images=100, qformer_width=64, qformer_layers=2, qformer_heads=2,
