@@ -45,7 +45,7 @@ from clipedu.evaluate import (  # noqa: E402
     linear_probe,
     pixel_features,
     retrieval_recall,
-    zero_shot,
+    shapes_zero_shot,
 )
 from clipedu.runs import default_train_config, estimate_steps, new_trainer, with_steps  # noqa: E402
 from clipedu.runtime import pick_device  # noqa: E402
@@ -73,12 +73,7 @@ def run_one(budget: float, seed: int, device, train_size: int, probes: bool) -> 
 
     out = {"steps": cfg.steps, "seconds": seconds, "final_loss": history.loss[-1]}
     image_embeds = encode_images(model, test)
-    held_embeds = encode_images(model, held)
-    cases = [(a, test, image_embeds, a) for a in ATTRIBUTES] + [("heldout_pairs", held, held_embeds, "colour_shape")]
-    for name, data, embeds, attribute in cases:
-        for ensemble, suffix in (("probability", ""), ("embedding", "_embedding_mean")):
-            out[name + suffix] = zero_shot(model, tokenizer, data, attribute, image_embeds=embeds,
-                                           ensemble=ensemble).top1
+    out.update(shapes_zero_shot(model, tokenizer, test, held, test_embeds=image_embeds))
     texts, owner = caption_pairs(test)
     text_embeds = encode_texts(model, tokenizer, texts)
     strict = retrieval_recall(image_embeds, text_embeds, owner, ks=(1,))

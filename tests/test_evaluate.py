@@ -16,6 +16,7 @@ from clipedu.evaluate import (
     prompt_embeddings,
     retrieval_recall,
     segmentation_scores,
+    shapes_zero_shot,
     swapped_caption_accuracy,
     topk_accuracy,
     zero_shot,
@@ -96,6 +97,18 @@ def test_zero_shot_probability_ensemble_matches_the_function(setup):
     expected = probability_ensemble(encode_images(model, data), prompts, model.scale.item())
     torch.testing.assert_close(r.logits, expected)
     assert r.top1 == pytest.approx((expected.argmax(1) == data.labels["size"]).float().mean().item())
+
+
+def test_shapes_zero_shot_reads_each_prompt_set_both_ways_as_zero_shot_does(setup):
+    model, tok, data = setup
+    heldout = ShapesWorld(seed=0).generate(32, "heldout")
+    scores = shapes_zero_shot(model, tok, data, heldout)
+    assert set(scores) == {f"{n}{s}" for n in ("shape", "colour", "size", "position", "heldout_pairs")
+                           for s in ("", "_embedding_mean")}
+    for name, images, attribute in (("colour", data, "colour"), ("heldout_pairs", heldout, "colour_shape")):
+        for ensemble, suffix in (("probability", ""), ("embedding", "_embedding_mean")):
+            expected = zero_shot(model, tok, images, attribute, ensemble=ensemble).top1
+            assert scores[name + suffix] == pytest.approx(expected)
 
 
 def test_probability_ensemble_bad_inputs(setup):
