@@ -96,11 +96,16 @@ def prompt_embeddings(
     return encode_texts(model, tokenizer, prompts).view(len(class_names), len(templates), -1)
 
 
+def embedding_ensemble(prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """(K, T, E) prompt embeddings -> (K, E) unit vectors: each class's mean, renormalised (CLIP)."""
+    return F.normalize(prompt_embeds.mean(dim=1), dim=-1)
+
+
 def zero_shot_classifier(
     model: CLIP, tokenizer, class_names: Sequence[str], templates: Sequence[str] = ("{}",)
 ) -> torch.Tensor:
     """(K, E) unit vectors, one per class: the mean of its prompts' embeddings, renormalised."""
-    return F.normalize(prompt_embeddings(model, tokenizer, class_names, templates).mean(dim=1), dim=-1)
+    return embedding_ensemble(prompt_embeddings(model, tokenizer, class_names, templates))
 
 
 def probability_ensemble(image_embeds: torch.Tensor, prompt_embeds: torch.Tensor, scale: float) -> torch.Tensor:
@@ -179,7 +184,7 @@ def zero_shot(
     if image_embeds is None:
         image_embeds = encode_images(model, data)
     if ensemble == "embedding":
-        logits = image_embeds @ F.normalize(prompts.mean(dim=1), dim=-1).t()  # (N, K)
+        logits = image_embeds @ embedding_ensemble(prompts).t()  # (N, K) cosines
     else:
         logits = probability_ensemble(image_embeds, prompts, model.scale.item())  # (N, K)
     labels = data.labels[attribute]
@@ -519,7 +524,7 @@ def shapes_zero_shot(model: CLIP, tokenizer, test: CaptionedImages, heldout: Cap
         prompts = prompt_embeddings(model, tokenizer, data.class_names[attribute], data.templates[attribute])
         labels = data.labels[attribute]
         summed = probability_ensemble(images, prompts, model.scale.item()).argmax(dim=1)
-        averaged = (images @ F.normalize(prompts.mean(dim=1), dim=-1).t()).argmax(dim=1)
+        averaged = (images @ embedding_ensemble(prompts).t()).argmax(dim=1)
         out[name] = (summed == labels).float().mean().item()
         out[f"{name}_embedding_mean"] = (averaged == labels).float().mean().item()
     return out
