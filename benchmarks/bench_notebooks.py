@@ -1,13 +1,15 @@
 """Run every notebook top to bottom on a fresh kernel and print how long each took.
 
     python benchmarks/bench_notebooks.py                 # fast mode (what CI runs), all notebooks
-    python benchmarks/bench_notebooks.py --full          # full mode (for a GPU)
+    python benchmarks/bench_notebooks.py --mode cpu      # cpu mode (a laptop or a Colab CPU runtime)
+    python benchmarks/bench_notebooks.py --full          # full mode (for a GPU); the same as --mode full
     python benchmarks/bench_notebooks.py 06 07           # only these numbers
 
-Targets: fast mode on a CPU <= 60 s for 00-05, <= 90 s for 06-10, <= 120 s for 11-12; full mode
-on a Colab-class GPU <= 10 min each. Notebooks that train reuse notebook 06's checkpoint when it is
-there (train-or-load), so run the whole series in order, as CI does, for the figures that matter;
-``--fresh`` points the runs folder at an empty temporary one first.
+Targets: fast mode on a CPU <= 60 s for 00-05, <= 90 s for 06-10, <= 120 s from 11 on; cpu mode
+on a laptop CPU <= 5 min each; full mode on a Colab-class GPU <= 10 min each. Notebooks that train
+reuse notebook 06's checkpoint when it is there (train-or-load), so run the whole series in order,
+as CI does, for the figures that matter; ``--fresh`` points the runs folder at an empty temporary
+one first.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
+MODES = ("fast", "cpu", "full")
 
-def target_seconds(name: str, full: bool) -> int:
-    if full:
+
+def target_seconds(name: str, mode: str) -> int:
+    if mode == "full":
         return 600
+    if mode == "cpu":
+        return 300
     number = int(name[:2])
     return 60 if number <= 5 else 90 if number <= 10 else 120
 
@@ -50,12 +56,14 @@ def run_notebook(path: Path, timeout: int) -> tuple[float, str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("numbers", nargs="*", help="two-digit notebook numbers (default: all)")
-    ap.add_argument("--full", action="store_true", help="full mode instead of fast mode")
+    ap.add_argument("--mode", choices=MODES, default="fast", help="the notebooks' mode (default: fast, what CI runs)")
+    ap.add_argument("--full", action="store_true", help="full mode; the same as --mode full")
     ap.add_argument("--fresh", action="store_true", help="start from an empty runs folder (no saved checkpoints)")
     ap.add_argument("--timeout", type=int, default=1200, help="per-cell timeout in seconds")
     args = ap.parse_args(argv)
 
-    os.environ["CLIPEDU_FAST"] = "0" if args.full else "1"
+    mode = "full" if args.full else args.mode
+    os.environ["CLIPEDU_MODE"] = mode  # overrides CI and CLIPEDU_FAST in every kernel
     if args.fresh:
         os.environ["CLIPEDU_RUNS"] = tempfile.mkdtemp(prefix="clipedu-runs-")
     paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -65,7 +73,7 @@ def main(argv=None) -> int:
     import torch
 
     print(describe_machine("cuda" if torch.cuda.is_available() else "cpu"))
-    print(f"mode: {'full' if args.full else 'fast'} | runs folder: {os.environ.get('CLIPEDU_RUNS', 'default')}\n")
+    print(f"mode: {mode} | runs folder: {os.environ.get('CLIPEDU_RUNS', 'default')}\n")
     print("| notebook | seconds | target | status |")
     print("| --- | ---: | ---: | --- |")
     failures = 0
@@ -73,7 +81,7 @@ def main(argv=None) -> int:
     for path in paths:
         seconds, status = run_notebook(path, args.timeout)
         total += seconds
-        target = target_seconds(path.name, args.full)
+        target = target_seconds(path.name, mode)
         if status == "ok" and seconds > target:
             status = "ok, over target"
         failures += not status.startswith("ok")
