@@ -49,7 +49,10 @@ def run_notebook(path: Path, timeout: int) -> tuple[float, str]:
         client.execute()
         status = "ok"
     except Exception as exc:  # report and go on with the next notebook
-        status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+        # A cell's error carries its own name and message; the exception's text starts with a banner.
+        name = getattr(exc, "ename", None) or type(exc).__name__
+        value = str(getattr(exc, "evalue", None) or exc).strip()
+        status = f"FAILED: {name}: {value.splitlines()[0][:120] if value else ''}"
     return time.perf_counter() - start, status
 
 
