@@ -61,7 +61,7 @@ def recipe_from(args) -> b2.Blip2Recipe:
     recipe = replace(recipe, **{k: v for k, v in sizes.items() if v is not None})
     if args.qformer_width is not None:
         recipe = replace(recipe, qformer_heads=max(1, args.qformer_width // 32))
-    if args.lm_width is not None:
+    if args.lm_width is not None and args.lm_width % recipe.lm_heads:  # keep the recipe's heads where they fit
         recipe = replace(recipe, lm_heads=max(1, args.lm_width // 32))
     for stage, steps in (("lm", args.lm_steps), ("stage1", args.stage1_steps), ("stage2", args.stage2_steps)):
         cfg = getattr(recipe, stage)
