@@ -217,7 +217,7 @@ class Blip2Recipe:
         return cls(
             train_images=2000, test_images=100, qformer_width=64, qformer_layers=2, qformer_heads=2,
             lm_width=64, lm_layers=2, lm_heads=4,  # 2 heads of 32 needed 1,500 steps to read size words
-            lm=stage_config(steps=1200, batch_size=64, lr=3e-3),  # 1,000 left them unread on 2 seeds of 8
+            lm=stage_config(steps=1200, batch_size=64, lr=3e-3),  # 1,000 left them unread in 2 runs of 9
             stage1=stage_config(steps=300, batch_size=32, lr=2e-3),
             stage2=stage_config(steps=200, batch_size=32, lr=3e-3),
             sweep_queries=(1, 4, 16), sweep_stage1_steps=100, retrieval_k=8,
