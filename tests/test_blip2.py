@@ -242,6 +242,21 @@ def test_itm_batch_pairs_and_labels():
     assert all(i != t for i, t in pairs[3:])
 
 
+
+def test_itm_batch_adds_each_images_swapped_caption_as_a_fourth_negative():
+    image = torch.arange(3).float().view(3, 1, 1).expand(3, 2, 4)
+    tokens = torch.arange(3).view(3, 1).expand(3, 5)
+    swapped = tokens + 10  # the swap of caption j is filled with j + 10
+    negative_text, negative_image = torch.tensor([2, 0, 1]), torch.tensor([1, 2, 0])
+    images, texts, labels = b2.itm_batch(image, tokens, negative_text, negative_image, swapped)
+    three = b2.itm_batch(image, tokens, negative_text, negative_image)
+    assert torch.equal(images[:9], three[0]) and torch.equal(texts[:9], three[1])  # BLIP-2's pairs first
+    assert labels.tolist() == [1, 1, 1] + [0] * 9
+    assert list(zip(images[9:, 0, 0].long().tolist(), texts[9:, 0].tolist())) == [(0, 10), (1, 11), (2, 12)]
+    with pytest.raises(ValueError, match=r"swapped captions must have the captions' shape \(3, 5\).*got \(3, 4\)"):
+        b2.itm_batch(image, tokens, negative_text, negative_image, swapped[:, :4])
+
+
 def test_itg_inputs_start_with_dec_and_ignore_padding(qcfg):
     tokens = captions(2)
     inputs, labels = b2.decoder_inputs(tokens, qcfg.dec_token_id, 0)
@@ -255,6 +270,17 @@ def test_stage1_forward(qcfg):
     assert out.itc_logits.shape == (6, 6) and out.itm_logits.shape == (18, 2)
     torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_itg)
     assert all(torch.isfinite(x) for x in out[:4])
+
+
+def test_stage1_forward_with_swapped_captions_scores_them_as_no_match(qcfg):
+    model = b2.Blip2Stage1(qcfg).eval()
+    features, tokens = torch.randn(4, 7, IMAGE_WIDTH), captions(4)
+    swapped = captions(4, seed=1)
+    out = model(features, tokens, generator=torch.Generator().manual_seed(0), swapped=swapped)
+    assert out.itm_logits.shape == (16, 2) and out.itm_labels.tolist() == [1] * 4 + [0] * 12
+    # the fourth block is (image i, its swap): the same logits as scoring those pairs directly
+    direct = model.itm_logits(model.image_embeds(features), swapped)
+    torch.testing.assert_close(out.itm_logits[12:], direct)
 
 
 # --- stage 2 -----------------------------------------------------------------------------------------------
@@ -379,3 +405,46 @@ def test_stage1_can_caption_with_its_own_decoder(qcfg):
         model.lm_head.bias[qcfg.eot_token_id] = 10.0  # say <eot> at once
     out = model.generate(torch.randn(2, 7, IMAGE_WIDTH))
     assert out.tolist() == [[1, 2], [1, 2]]  # <sot> <eot>: stopped at the end of text
+
+
+# --- the Q-Former from a trained text tower --------------------------------------------------------------
+def _clip_text_tower(**overrides):
+    from clipedu.config import TextConfig
+    from clipedu.text import TextTransformer
+
+    cfg = dict(vocab_size=VOCAB, width=32, layers=3, heads=2, context_length=CONTEXT + 2)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    return TextTransformer(TextConfig(**cfg), embed_dim=16)
+
+
+def test_qformer_from_a_text_tower_computes_the_towers_outputs(qcfg):
+    text = _clip_text_tower()
+    qformer = b2.QFormer(qcfg)
+    dec_row, cross = qformer.token_embed.weight[-1].clone(), snapshot_of(qformer.layers[0].cross_attn)
+    assert qformer.init_from_text_encoder(text) is qformer
+    tokens = captions(5)
+    real = tokens != 0
+    expected = text(tokens).tokens  # (B, T, D): causal, after ln_final
+    got = qformer(tokens=tokens, mask="multimodal_causal").text_output  # text only: the causal mask alone
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    layer, block = qformer.layers[1], text.transformer.blocks[1]
+    assert torch.equal(layer.query_mlp.fc1.weight, block.mlp.fc1.weight)  # BLIP-2 copies the FFN to the queries
+    assert torch.equal(qformer.token_embed.weight[-1], dec_row)  # [DEC] keeps its own row
+    assert all(torch.equal(v, cross[k]) for k, v in qformer.layers[0].cross_attn.state_dict().items())
+
+
+def snapshot_of(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(width=64, heads=2), r"width 64 \(the Q-Former has 32\)"),
+    (dict(layers=2), r"layers 2 \(the Q-Former has 3\)"),
+    (dict(heads=4), r"heads 4 \(the Q-Former has 2\)"),
+    (dict(vocab_size=VOCAB + 1), r"vocabulary 31 \(the Q-Former has 30\)"),
+    (dict(context_length=CONTEXT - 1), r"9 positions, fewer than the Q-Former's context of 10"),
+])
+def test_qformer_from_a_text_tower_that_does_not_fit_says_what_differs(qcfg, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        b2.QFormer(qcfg).init_from_text_encoder(_clip_text_tower(**overrides))

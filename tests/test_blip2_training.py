@@ -222,6 +222,49 @@ def test_stage1_trains_in_bfloat16_autocast(setup):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
 
 
+
+def test_stage1_with_swapped_captions_and_a_weighted_itm_loss():
+    torch.manual_seed(0)
+    data = ShapesWorld(num_objects=2).generate(24, "train")
+    tokenizer = build_tokenizer(data)
+    encoder = b2.FrozenImageEncoder.from_clip(CLIP(preset(
+        "tiny", vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+        embed_dim=16, vocab_size=tokenizer.vocab_size)))
+    qcfg = b2.QFormerConfig(vocab_size=tokenizer.vocab_size, image_width=32, num_queries=2, width=32, layers=2,
+                            heads=2, context_length=tokenizer.context_length, embed_dim=16)
+    features = b2.encode_dataset(encoder, data)
+    cfg = b2.stage_config(steps=1, batch_size=8)
+
+    def loop(**options):
+        torch.manual_seed(0)
+        return b2.Stage1Training(b2.Blip2Stage1(qcfg, encoder), features, data, tokenizer, cfg,
+                                 torch.device("cpu"), **options)
+
+    plain, swapped = loop(), loop(swapped_negatives=True, itm_weight=2.5)
+    batch = next(iter(plain.loader))
+    seen, itm_logits = [], swapped.model.itm_logits
+
+    def counting(images, texts):
+        seen.append(len(texts))
+        return itm_logits(images, texts)
+
+    swapped.model.itm_logits = counting
+    torch.manual_seed(1)
+    out = swapped.losses(batch)
+    assert seen == [4 * 8]  # BLIP-2's three pairs per image, and the image with its swapped caption
+    torch.testing.assert_close(out["loss"], out["itc"] + 2.5 * out["itm"] + out["itg"])
+    torch.manual_seed(1)
+    base = plain.losses(batch)
+    torch.testing.assert_close(base["loss"], base["itc"] + base["itm"] + base["itg"])
+    torch.testing.assert_close(base["itc"], out["itc"])  # ITC and ITG do not see the swaps
+    with pytest.raises(ValueError, match=r"itm_weight must be a finite number >= 0, got -1"):
+        loop(itm_weight=-1)
+    one_object = ShapesWorld().generate(8, "train")
+    with pytest.raises(ValueError, match=r"swapped_negatives=True needs data with swapped captions .* has none"):
+        b2.Stage1Training(b2.Blip2Stage1(qcfg, encoder), b2.encode_dataset(encoder, one_object), one_object,
+                          tokenizer, cfg, torch.device("cpu"), swapped_negatives=True)
+
+
 def test_recipe_for_each_mode_keeps_the_gpu_recipe_for_full_mode_only():
     from clipedu.blip2.training import Blip2Recipe
 

@@ -19,7 +19,9 @@ Three objectives share one Q-Former and differ in the attention mask (:mod:`clip
   replaced by [DEC] and every text position predicts the next token. The text cannot see the
   image, only the queries, so the queries must carry what the caption says.
 
-The total loss is the sum of the three, as in BLIP-2.
+The total loss is the sum of the three, as in BLIP-2. Two course options go beyond it (off by
+default; :class:`clipedu.blip2.training.Stage1Training`): each picture's swapped caption as a
+fourth ITM pair (:func:`itm_batch`), so that ITM must read word order, and a weight on the ITM loss.
 """
 
 from __future__ import annotations
@@ -104,15 +106,27 @@ def sample_hard_negatives(
 
 
 def itm_batch(
-    image_embeds: torch.Tensor, tokens: torch.Tensor, negative_text: torch.Tensor, negative_image: torch.Tensor
+    image_embeds: torch.Tensor, tokens: torch.Tensor, negative_text: torch.Tensor, negative_image: torch.Tensor,
+    swapped: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BLIP-2's 3B matching pairs: (image, its text), (a negative image, the text), (the image, a
-    negative text). Returns images (3B, N, C), tokens (3B, T) and labels (3B,): 1 = match."""
+    negative text). Returns images (3B, N, C), tokens (3B, T) and labels (3B,): 1 = match.
+
+    ``swapped`` (B, T), optional: a caption false of each image that uses the same words as its own
+    (ShapesWorld's swapped captions); each becomes a fourth pair (the image, its swap), a negative,
+    and the batch grows to 4B. Not in BLIP-2: the course's way to make word order matter."""
     b = image_embeds.shape[0]
-    images = torch.cat([image_embeds, image_embeds[negative_image], image_embeds])  # pos, neg, pos
-    texts = torch.cat([tokens, tokens, tokens[negative_text]])  # pos, pos, neg
-    labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(tokens.device)
-    return images, texts, labels
+    images = [image_embeds, image_embeds[negative_image], image_embeds]  # pos, neg, pos
+    texts = [tokens, tokens, tokens[negative_text]]  # pos, pos, neg
+    if swapped is not None:
+        if swapped.shape != tokens.shape:
+            raise ValueError(f"swapped captions must have the captions' shape {tuple(tokens.shape)} "
+                             f"(pad them to one length), got {tuple(swapped.shape)}")
+        images.append(image_embeds)
+        texts.append(swapped)
+    labels = torch.zeros(len(texts) * b, dtype=torch.long, device=tokens.device)
+    labels[:b] = 1
+    return torch.cat(images), torch.cat(texts), labels
 
 
 # --- ITG ------------------------------------------------------------------------------------------------
@@ -130,8 +144,8 @@ class Stage1Output(NamedTuple):
     loss_itm: torch.Tensor
     loss_itg: torch.Tensor
     itc_logits: torch.Tensor  # (B, B) scaled image-text similarities
-    itm_logits: torch.Tensor  # (3B, 2)
-    itm_labels: torch.Tensor  # (3B,)
+    itm_logits: torch.Tensor  # (3B, 2), or (4B, 2) with swapped captions
+    itm_labels: torch.Tensor  # (3B,) or (4B,)
 
 
 class Blip2Stage1(nn.Module):
@@ -248,12 +262,14 @@ class Blip2Stage1(nn.Module):
         tokens: torch.Tensor,
         positives: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        swapped: torch.Tensor | None = None,
     ) -> Stage1Output:
         """The stage-1 losses for B pairs: frozen tokens (B, N, C), captions (B, T).
 
         ``positives`` (B, B) bool marks pairs that match although they are not the same pair
         (same attributes, same image id); by default, identical captions. ``generator`` makes the
-        hard-negative draw repeatable.
+        hard-negative draw repeatable. ``swapped`` (B, T): each image's swapped caption, a fourth
+        ITM pair (:func:`itm_batch`).
         """
         image_embeds = self.image_embeds(image_features)  # (B, N, C)
         b = image_embeds.shape[0]
@@ -266,8 +282,8 @@ class Blip2Stage1(nn.Module):
         loss_itc = itc_loss(itc_logits, positives, self.cfg.itc_label_smoothing)
 
         negative_text, negative_image = sample_hard_negatives(itc_logits.detach(), positives, generator)
-        images, texts, itm_labels = itm_batch(image_embeds, tokens, negative_text, negative_image)
-        itm_logits = self.itm_logits(images, texts)  # (3B, 2)
+        images, texts, itm_labels = itm_batch(image_embeds, tokens, negative_text, negative_image, swapped)
+        itm_logits = self.itm_logits(images, texts)  # (3B, 2), or (4B, 2)
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
 
         itg_logits, itg_labels = self.itg_logits(image_embeds, tokens)

@@ -17,6 +17,8 @@ outputs, Q vectors per image whatever the image's size, are what the rest of BLI
 BLIP-2 initialises its Q-Former from BERT-base (post-LN, 12 layers, 32 queries of width 768);
 ours starts from random weights, uses the course's pre-LN blocks (each sub-layer normalises its
 input; stable when training from scratch) and is small enough to train on a laptop.
+:meth:`QFormer.init_from_text_encoder` is the course's counterpart of BERT's weights: it copies a
+trained mini-CLIP's text tower into the Q-Former's text side.
 """
 
 from __future__ import annotations
@@ -131,6 +133,42 @@ class QFormer(nn.Module):
     @property
     def num_queries(self) -> int:
         return self.cfg.num_queries
+
+    @torch.no_grad()
+    def init_from_text_encoder(self, text) -> QFormer:
+        """Start from a trained text tower (a :class:`clipedu.text.TextTransformer` of the same width,
+        depth, heads and vocabulary), as BLIP-2 starts from BERT-base: the token and position
+        embeddings, each layer's self-attention, feed-forward layer and LayerNorms, and the final
+        LayerNorm. The queries' feed-forward layers get the text's weights too (BLIP-2's reference
+        code copies BERT's into its query branch the same way); the queries, the cross-attention and
+        the [DEC] embedding keep their fresh weights. With the multimodal causal mask, a text-only
+        pass then gives the tower's own outputs. Returns the Q-Former."""
+        blocks = list(text.transformer.blocks)
+        vocab = text.token_embed.weight.shape[0]
+        first = blocks[0] if blocks else None
+        got = {"vocabulary": vocab, "width": text.token_embed.weight.shape[1], "layers": len(blocks),
+               "heads": first and first.attn.heads, "feed-forward width": first and first.mlp.fc1.out_features,
+               "activation": first and type(first.mlp.act).__name__}
+        mine = self.layers[0].text_mlp
+        want = {"vocabulary": self.cfg.vocab_size, "width": self.cfg.width, "layers": self.cfg.layers,
+                "heads": self.cfg.heads, "feed-forward width": mine.fc1.out_features,
+                "activation": type(mine.act).__name__}
+        wrong = [f"{k} {got[k]} (the Q-Former has {want[k]})" for k in want if got[k] != want[k]]
+        if wrong:
+            raise ValueError("the text tower does not fit this Q-Former: " + ", ".join(wrong))
+        if text.pos_embed.shape[0] < self.cfg.context_length:
+            raise ValueError(f"the text tower has {text.pos_embed.shape[0]} positions, fewer than the "
+                             f"Q-Former's context of {self.cfg.context_length}")
+        self.token_embed.weight[:vocab].copy_(text.token_embed.weight)  # the last row, [DEC], stays new
+        self.pos_embed.copy_(text.pos_embed[: self.cfg.context_length])
+        for layer, block in zip(self.layers, blocks):
+            layer.ln_self.load_state_dict(block.ln_1.state_dict())
+            layer.self_attn.load_state_dict(block.attn.state_dict())
+            for ln, mlp in ((layer.ln_query_mlp, layer.query_mlp), (layer.ln_text_mlp, layer.text_mlp)):
+                ln.load_state_dict(block.ln_2.state_dict())
+                mlp.load_state_dict(block.mlp.state_dict())
+        self.ln_final.load_state_dict(text.ln_final.state_dict())
+        return self
 
     def check_image_embeds(self, image_embeds: torch.Tensor) -> None:
         if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3:

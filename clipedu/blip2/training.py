@@ -117,22 +117,40 @@ class Stage1Training(Loop):
     """Stage 1: ITC + ITM + ITG on (frozen image tokens, caption) pairs.
 
     Two images with the same attributes (or two identical captions) are positives for each other.
+
+    Two options go beyond BLIP-2's recipe (both off by default): ``swapped_negatives`` adds each
+    picture's swapped caption (data with ``hard_negatives``, such as ``shapes2``) as a fourth ITM
+    pair, so that ITM must read word order; ``itm_weight`` scales the ITM loss in the sum.
     """
 
     def __init__(self, model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer,
-                 cfg: TrainConfig, device: torch.device, out_dir: str | Path | None = None):
+                 cfg: TrainConfig, device: torch.device, out_dir: str | Path | None = None,
+                 swapped_negatives: bool = False, itm_weight: float = 1.0):
         _check_features(features, data)
+        if swapped_negatives and data.hard_negatives is None:
+            raise ValueError(f"swapped_negatives=True needs data with swapped captions (hard_negatives, "
+                             f"as get_dataset('shapes2') has); {data.name!r} has none")
+        number = isinstance(itm_weight, (int, float)) and not isinstance(itm_weight, bool)
+        if not number or not 0 <= itm_weight < float("inf"):
+            raise ValueError(f"itm_weight must be a finite number >= 0, got {itm_weight!r}")
         loader = _loader(data, tokenizer, model.cfg.context_length, cfg.batch_size, device, cfg.seed)
         super().__init__(model, loader, cfg, device, out_dir=out_dir, name="stage 1")
         self.features = features.to(self.device)  # (N, N_tok, C)
         self.keys = attribute_keys(data).to(self.device)  # (N,)
+        self.swapped_negatives, self.itm_weight = swapped_negatives, float(itm_weight)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
-        model = self.model
-        tokens = trim_padding(batch.tokens, model.cfg.pad_token_id)
+        model, pad = self.model, self.model.cfg.pad_token_id
+        swapped = None
+        if self.swapped_negatives:  # captions and swaps trimmed to one length: ITM stacks them
+            both = trim_padding(torch.cat([batch.tokens, batch.hard_negative_tokens]), pad)
+            tokens, swapped = both.chunk(2)
+        else:
+            tokens = trim_padding(batch.tokens, pad)
         positives = positives_from_keys(self.keys[batch.index]) | duplicate_caption_positives(tokens)
-        out = model(self.features[batch.index], tokens, positives, generator=self.generator)
-        return {"loss": out.loss, "itc": out.loss_itc, "itm": out.loss_itm, "itg": out.loss_itg}
+        out = model(self.features[batch.index], tokens, positives, generator=self.generator, swapped=swapped)
+        loss = out.loss if self.itm_weight == 1.0 else out.loss_itc + self.itm_weight * out.loss_itm + out.loss_itg
+        return {"loss": loss, "itc": out.loss_itc, "itm": out.loss_itm, "itg": out.loss_itg}
 
     def after_step(self) -> None:
         self.model.clamp_logit_scale_()
@@ -165,10 +183,12 @@ def pretrain_language_model(lm: TinyLM, tokenizer, data: CaptionedImages, cfg: T
 
 def train_stage1(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer, cfg: TrainConfig,
                  device=None, progress: bool = True, out_dir: str | Path | None = None,
-                 resume: bool = False) -> History:
-    """Stage 1 (:class:`Stage1Training`) on the frozen encoder's ``features`` of ``data``."""
+                 resume: bool = False, swapped_negatives: bool = False, itm_weight: float = 1.0) -> History:
+    """Stage 1 (:class:`Stage1Training`, where ``swapped_negatives`` and ``itm_weight`` are
+    explained) on the frozen encoder's ``features`` of ``data``."""
     _check_features(features, data)
-    loop = Stage1Training(model, features, data, tokenizer, cfg, _device(device, features), out_dir)
+    loop = Stage1Training(model, features, data, tokenizer, cfg, _device(device, features), out_dir,
+                          swapped_negatives=swapped_negatives, itm_weight=itm_weight)
     return loop.fit(resume=resume, progress=progress)
 
 
