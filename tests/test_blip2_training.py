@@ -223,7 +223,7 @@ def test_stage1_trains_in_bfloat16_autocast(setup):
 
 
 
-def test_stage1_with_swapped_captions_and_a_weighted_itm_loss():
+def test_stage1_with_swapped_captions_and_a_weighted_itm_loss(tmp_path):
     torch.manual_seed(0)
     data = ShapesWorld(num_objects=2).generate(24, "train")
     tokenizer = build_tokenizer(data)
@@ -235,10 +235,10 @@ def test_stage1_with_swapped_captions_and_a_weighted_itm_loss():
     features = b2.encode_dataset(encoder, data)
     cfg = b2.stage_config(steps=1, batch_size=8)
 
-    def loop(**options):
+    def loop(out_dir=None, cfg=cfg, **options):
         torch.manual_seed(0)
         return b2.Stage1Training(b2.Blip2Stage1(qcfg, encoder), features, data, tokenizer, cfg,
-                                 torch.device("cpu"), **options)
+                                 torch.device("cpu"), out_dir, **options)
 
     plain, swapped = loop(), loop(swapped_negatives=True, itm_weight=2.5)
     batch = next(iter(plain.loader))
@@ -259,6 +259,14 @@ def test_stage1_with_swapped_captions_and_a_weighted_itm_loss():
     torch.testing.assert_close(base["itc"], out["itc"])  # ITC and ITG do not see the swaps
     with pytest.raises(ValueError, match=r"itm_weight must be a finite number >= 0, got -1"):
         loop(itm_weight=-1)
+    # A checkpoint remembers the options: resuming it with others would mix two objectives.
+    two_steps = b2.stage_config(steps=2, batch_size=8)
+    loop(tmp_path, two_steps, swapped_negatives=True, itm_weight=2.5).fit(progress=False)
+    with pytest.raises(ValueError, match=r"trained with \{'swapped_negatives': True, 'itm_weight': 2.5\}, but this "
+                                         r"run asks for \{'swapped_negatives': False, 'itm_weight': 1.0\}"):
+        loop(tmp_path, two_steps).fit(resume=True, progress=False)
+    resumed = loop(tmp_path, b2.stage_config(steps=3, batch_size=8), swapped_negatives=True, itm_weight=2.5)
+    assert resumed.fit(resume=True, progress=False).step[-1] == 3
     one_object = ShapesWorld().generate(8, "train")
     with pytest.raises(ValueError, match=r"swapped_negatives=True needs data with swapped captions .* has none"):
         b2.Stage1Training(b2.Blip2Stage1(qcfg, encoder), b2.encode_dataset(encoder, one_object), one_object,

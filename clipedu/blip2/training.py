@@ -155,6 +155,21 @@ class Stage1Training(Loop):
     def after_step(self) -> None:
         self.model.clamp_logit_scale_()
 
+    def options(self) -> dict:
+        return {"swapped_negatives": self.swapped_negatives, "itm_weight": self.itm_weight}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stage1_options": self.options()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume only a run of the same recipe: a checkpoint written with other ``swapped_negatives``
+        or ``itm_weight`` would mix two objectives in one run."""
+        saved = state.get("stage1_options", {"swapped_negatives": False, "itm_weight": 1.0})  # older files
+        if saved != self.options():
+            raise ValueError(f"the checkpoint was trained with {saved}, but this run asks for {self.options()}; "
+                             "resume with the same options, or start afresh in another folder")
+        super().load_state_dict(state)
+
 
 class Stage2Training(Loop):
     """Stage 2: the frozen LM's loss on captions after the projected query outputs."""
