@@ -89,7 +89,6 @@ def evaluate(model, features, data, tokenizer, k: int) -> dict[str, float]:
         "t2i ITC": recall_at_k(itc.t()[:n], relevant.t()[:n], (1,))["R@1"],
         "t2i ITC+ITM": recall_at_k(text_to_image[:n], relevant.t()[:n], (1,))["R@1"],
     }
-    model.train()
     return out
 
 

@@ -149,7 +149,7 @@ class Stage1Training(Loop):
             tokens = trim_padding(batch.tokens, pad)
         positives = positives_from_keys(self.keys[batch.index]) | duplicate_caption_positives(tokens)
         out = model(self.features[batch.index], tokens, positives, generator=self.generator, swapped=swapped)
-        loss = out.loss if self.itm_weight == 1.0 else out.loss_itc + self.itm_weight * out.loss_itm + out.loss_itg
+        loss = out.loss_itc + self.itm_weight * out.loss_itm + out.loss_itg  # weight 1: BLIP-2's sum, bit for bit
         return {"loss": loss, "itc": out.loss_itc, "itm": out.loss_itm, "itg": out.loss_itg}
 
     def after_step(self) -> None:
