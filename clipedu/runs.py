@@ -209,6 +209,45 @@ def train_or_load(
     return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
 
 
+# Notebook 07's pair models: a mini-CLIP trained on two-object scenes, then fine-tuned with each
+# caption's swap as a hard negative (NegCLIP). Fast and cpu mode use a narrower model (width 64, two
+# blocks of two heads per tower), so that both train within about a CPU minute; full mode the tiny
+# preset. Notebook 17 builds its Q-Former on the fast-mode pair (``mode="fast"``) in every mode.
+PAIR_NARROW = dict(embed_dim=64, vision_width=64, vision_layers=2, vision_heads=2, text_width=64, text_layers=2,
+                   text_heads=2)
+
+
+def pair_recipes(mode: str | None = None) -> tuple[str, CLIPConfig, TrainConfig, TrainConfig]:
+    """(name, model config, plain recipe, hard-negative fine-tuning recipe) of notebook 07's pair
+    models in ``mode`` (:func:`clipedu.runtime.mode` unless given). The fine-tuning recipe runs
+    fewer steps, evaluates more often and has ``hard_negatives=True``."""
+    mode = resolve_mode(mode)
+    full = mode == "full"
+    name = "tiny" if full else "narrow"
+    model = preset("tiny") if full else preset("tiny", **PAIR_NARROW)
+    plain = TrainConfig(steps=1000 if full else 600, warmup_steps=50 if full else 30, batch_size=128, lr=2e-3,
+                        eval_every=100 if full else 50)
+    negclip = replace(plain, steps=250 if mode == "fast" else 400, warmup_steps=25, eval_every=25,
+                      hard_negatives=True)
+    return name, model, plain, negclip
+
+
+def pair_models(mode: str | None = None, *, data: CaptionedImages | None = None,
+                device: str | torch.device | None = None, eval_fn: Callable[[CLIP], dict] | None = None,
+                progress: bool = True) -> tuple[Run, Run]:
+    """(plain run, hard-negative run) of notebook 07: loaded from the runs folder when trained,
+    trained there otherwise (:func:`train_or_load`); the second starts from the first. ``data``
+    defaults to :func:`training_data` of ``"shapes2"`` in ``mode``."""
+    mode = resolve_mode(mode)
+    name, model, plain_recipe, negclip_recipe = pair_recipes(mode)
+    data = data if data is not None else training_data("shapes2", mode=mode)
+    plain = train_or_load("shapes2", model, plain_recipe, name=name, data=data, mode=mode, device=device,
+                          eval_fn=eval_fn, progress=progress)
+    negclip = train_or_load("shapes2", model, negclip_recipe, name=f"{name}-negclip", data=data, mode=mode,
+                            device=device, eval_fn=eval_fn, progress=progress, init=plain)
+    return plain, negclip
+
+
 def estimate_steps(model: str | CLIPConfig, data: CaptionedImages, train_config: TrainConfig, device,
                    seconds: float, tokenizer: WordTokenizer | None = None) -> int:
     """How many steps fit in ``seconds``: time a few steps of a throwaway copy of the run."""

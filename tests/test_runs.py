@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clipedu import preset
+from clipedu import preset, runs
 from clipedu.data import ShapesWorld
 from clipedu.loop import TrainConfig
 from clipedu.runs import (
@@ -107,3 +107,25 @@ def test_a_recipe_cut_to_a_budget_warms_up_a_fifth_of_it_at_most_90_steps():
     assert with_steps(cpu, 2).warmup_steps == 0
     small = default_train_config("small", mode="full")  # 200 steps of warm-up: kept when the run is long
     assert with_steps(small, 8000).warmup_steps == 200
+
+
+def test_pair_recipes_follow_the_mode_and_pair_models_fine_tunes_from_the_plain_run(monkeypatch):
+    recipes = {mode: runs.pair_recipes(mode) for mode in ("fast", "cpu", "full")}
+    assert recipes["fast"][0] == recipes["cpu"][0] == "narrow" and recipes["full"][0] == "tiny"
+    assert recipes["fast"][1].vision.width == 64 and recipes["full"][1] == preset("tiny")
+    assert [r[2].steps for r in recipes.values()] == [600, 600, 1000]
+    assert [r[3].steps for r in recipes.values()] == [250, 400, 400]
+    assert all(r[3].hard_negatives and not r[2].hard_negatives for r in recipes.values())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        runs.pair_recipes("gpu")
+
+    calls = []
+
+    def fake_train_or_load(dataset, model, cfg, **kwargs):
+        calls.append((dataset, kwargs["name"], cfg.steps, kwargs.get("init")))
+        return f"run {len(calls)}"
+
+    monkeypatch.setattr(runs, "train_or_load", fake_train_or_load)
+    plain, negclip = runs.pair_models("fast", data="the scenes")
+    assert (plain, negclip) == ("run 1", "run 2")
+    assert calls == [("shapes2", "narrow", 600, None), ("shapes2", "narrow-negclip", 250, "run 1")]
