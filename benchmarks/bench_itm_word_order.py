@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
 
 from clipedu import blip2 as b2  # noqa: E402
-from clipedu.blip2.evaluation import itc_similarities, itm_rerank, recall_at_k  # noqa: E402
-from clipedu.blip2.training import attribute_keys  # noqa: E402
+from clipedu.blip2.evaluation import word_order_comparison  # noqa: E402
 from clipedu.data import get_dataset  # noqa: E402
 from clipedu.runs import model_from_checkpoint, run_dir  # noqa: E402
 from clipedu.runtime import pick_device  # noqa: E402
@@ -59,37 +58,17 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--itm-weight", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=None, help="pictures per step (default: the recipe's 32)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 2e-3)")
     p.add_argument("--no-warm-start", action="store_true", help="the Q-Former from random weights")
+    p.add_argument("--layer", type=int, default=-2, help="which block's outputs the Q-Former reads (-2: BLIP-2's "
+                   "second-to-last; -1: the last)")
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--k", type=int, default=8, help="ITC's shortlist that ITM re-ranks")
     p.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     return p.parse_args(argv)
-
-
-def evaluate(model, features, data, tokenizer, k: int) -> dict[str, float]:
-    model.eval()
-    captions = tokenizer([c[0] for c in data.captions])
-    swaps = tokenizer([n[0] for n in data.hard_negatives])
-    texts = torch.cat([captions, swaps])
-    itc = itc_similarities(model, features, texts)  # (N, 2N)
-    n = len(data)
-    with torch.no_grad():
-        itm_true, itm_swap = model.itm_score(features, captions), model.itm_score(features, swaps)
-    keys = attribute_keys(data)  # scenes with the same labels share a key
-    relevant = torch.cat([keys[:, None] == keys[None, :], torch.zeros(n, n, dtype=torch.bool)], 1)  # swaps never match
-    image_to_text, text_to_image = itm_rerank(model, features, texts, itc, k=k)
-    out = {
-        "swap ITC": (itc.diagonal() > itc[:, n:].diagonal()).float().mean().item(),
-        "swap ITM": (itm_true > itm_swap).float().mean().item(),
-        "i2t ITC": recall_at_k(itc, relevant, (1,))["R@1"],
-        "i2t ITC+ITM": recall_at_k(image_to_text, relevant, (1,))["R@1"],
-        # text -> image over the true captions only (a swap has no right picture)
-        "t2i ITC": recall_at_k(itc.t()[:n], relevant.t()[:n], (1,))["R@1"],
-        "t2i ITC+ITM": recall_at_k(text_to_image[:n], relevant.t()[:n], (1,))["R@1"],
-    }
-    return out
 
 
 def main(argv=None) -> None:
@@ -102,10 +81,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"no pair model at {path}: run notebook 07 in fast mode first (CLIPEDU_MODE=fast; it "
                          "trains both pair models into the runs folder), or pass --checkpoint")
     clip, tokenizer, _ = model_from_checkpoint(path, device)
-    encoder = b2.FrozenImageEncoder.from_clip(clip).to(device)
+    encoder = b2.FrozenImageEncoder.from_clip(clip, layer=args.layer).to(device)
     recipe = b2.Blip2Recipe.for_mode("fast")
     cfg = recipe.qformer_config(tokenizer, encoder.width)
-    train_cfg = replace(recipe.stage1, steps=args.steps, warmup_steps=None)
+    train_cfg = replace(recipe.stage1, steps=args.steps, warmup_steps=None,
+                        batch_size=args.batch_size or recipe.stage1.batch_size, lr=args.lr or recipe.stage1.lr)
     print(describe_machine(device))
     print(f"tower: {path} | warm start: {not args.no_warm_start} | Q-Former {cfg.layers}x{cfg.width}, "
           f"{cfg.heads} heads, {cfg.num_queries} queries | {args.steps} steps, batch {train_cfg.batch_size}, "
@@ -126,7 +106,7 @@ def main(argv=None) -> None:
         history = b2.train_stage1(model, features[0], train, tokenizer, replace(train_cfg, seed=seed), device,
                                   progress=False, swapped_negatives=True, itm_weight=args.itm_weight)
         seconds = time.perf_counter() - start
-        result = evaluate(model, features[1], test, tokenizer, args.k)
+        result = word_order_comparison(model, features[1], test, tokenizer, k=args.k)
         rows.append(f"| {seed} | {seconds:.0f} | {history.last('itm'):.3f} | "
                     + " | ".join(f"{result[k]:.3f}" for k in keys) + " |")
         print(f"  seed {seed}: {seconds:.0f} s, ITM loss {history.last('itm'):.3f}, "

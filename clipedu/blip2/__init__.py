@@ -15,7 +15,8 @@ Modules, in the order the notebook builds them:
 - :mod:`~clipedu.blip2.language_model`: ``TinyLM``, the frozen decoder-only LM.
 - :mod:`~clipedu.blip2.captioning`: ``Blip2Captioner`` (stage 2), greedy and beam decoding.
 - :mod:`~clipedu.blip2.training`: the LM, stage 1 and stage 2 in the course's loop.
-- :mod:`~clipedu.blip2.evaluation`: caption attribute accuracy, ITC and ITC+ITM retrieval.
+- :mod:`~clipedu.blip2.evaluation`: caption attribute accuracy, ITC and ITC+ITM retrieval, a caption
+  against its swap (notebook 17).
 """
 
 from clipedu.blip2.captioning import Blip2Captioner, beam_search, greedy_decode
@@ -27,6 +28,9 @@ from clipedu.blip2.evaluation import (
     itm_rerank,
     recall_at_k,
     retrieval_comparison,
+    swap_margins,
+    swap_relevance,
+    word_order_comparison,
 )
 from clipedu.blip2.frozen import FrozenImageEncoder, count_parameters, freeze_
 from clipedu.blip2.language_model import LMConfig, TinyLM, caption_labels, lm_loss, sample_text
@@ -72,5 +76,5 @@ __all__ = [
     "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",
     "objective_mask", "positives_from_keys", "pretrain_language_model", "query_text_similarity", "recall_at_k",
     "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage_config", "train_stage1", "train_stage2",
-    "unimodal_mask", "with_text_padding",
+    "swap_margins", "swap_relevance", "unimodal_mask", "with_text_padding", "word_order_comparison",
 ]

@@ -158,3 +158,68 @@ def retrieval_comparison(
         row.update({f"text->image {key}": v for key, v in recall_at_k(b, relevant.t(), ks).items()})
         report[name] = row
     return report
+
+
+# --- word order: a caption against its swap (notebook 17) ---------------------------------------------------
+def swap_relevance(keys: torch.Tensor) -> torch.Tensor:
+    """(N, 2N) bool: which of the N captions and then the N swapped captions are right for each of N
+    pictures. Caption j is right for picture i when their scenes have the same labels (``keys``, as
+    :func:`~clipedu.blip2.training.attribute_keys` gives); a swapped caption is never right."""
+    if keys.dim() != 1:
+        raise ValueError(f"keys must be one id per picture, shape (N,); got shape {tuple(keys.shape)}")
+    n = len(keys)
+    return torch.cat([keys[:, None] == keys[None, :], torch.zeros(n, n, dtype=torch.bool)], dim=1)
+
+
+def swap_margins(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer
+                 ) -> dict[str, torch.Tensor]:
+    """How much more each picture's caption scores than its swapped caption, by ITC (cosine) and by
+    ITM (log-odds of a match): {"ITC": (N,), "ITM": (N,)}, above 0 where the caption wins."""
+    return _swap_scores(model, features, data, tokenizer)[1]
+
+
+def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer,
+                          k: int = 8) -> dict[str, float]:
+    """ITC against ITM where only word order tells a caption from a wrong one (two-object scenes).
+
+    - ``swap ITC`` / ``swap ITM``: the share of pictures whose caption scores above its swap
+      (:func:`swap_margins`; chance is 0.5);
+    - ``i2t ITC`` / ``i2t ITC+ITM``: image->text recall@1 over the N captions and their N swaps
+      together (:func:`swap_relevance`), by ITC alone and with ITC's top ``k`` re-ranked by ITM;
+    - ``t2i ITC`` / ``t2i ITC+ITM``: text->image recall@1 of the true captions (a swap has no
+      right picture).
+    """
+    (texts, itc), margins = _swap_scores(model, features, data, tokenizer)
+    image_to_text, text_to_image = itm_rerank(model, features, texts, itc, k=k)
+    relevant = swap_relevance(attribute_keys(data))
+    n = len(data)
+    return {
+        "swap ITC": (margins["ITC"] > 0).float().mean().item(),
+        "swap ITM": (margins["ITM"] > 0).float().mean().item(),
+        "i2t ITC": recall_at_k(itc, relevant, (1,))["R@1"],
+        "i2t ITC+ITM": recall_at_k(image_to_text, relevant, (1,))["R@1"],
+        "t2i ITC": recall_at_k(itc.t()[:n], relevant.t()[:n], (1,))["R@1"],
+        "t2i ITC+ITM": recall_at_k(text_to_image[:n], relevant.t()[:n], (1,))["R@1"],
+    }
+
+
+@torch.no_grad()
+def _swap_scores(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer):
+    """((the N captions then the N swaps as tokens (2N, L), ITC cosines (N, 2N)), swap margins)."""
+    if data.hard_negatives is None:
+        raise ValueError(f"the data has no swapped captions (hard_negatives): {data}; "
+                         "use two-object scenes, get_dataset('shapes2', ...)")
+    if len(features) != len(data):
+        raise ValueError(f"{len(features)} pictures' features for {len(data)} pictures")
+    length = model.cfg.context_length
+    captions, swaps = (tokenizer([texts[0] for texts in lists], context_length=length, truncate=True)
+                       for lists in (data.captions, data.hard_negatives))
+    texts = torch.cat([captions, swaps])
+    itc = itc_similarities(model, features, texts)  # (N, 2N)
+    n = len(data)
+    model.eval()
+    device = next(model.parameters()).device
+    itm = [torch.cat([model.itm_score(features[s : s + 500].to(device), t[s : s + 500].to(device)).float().cpu()
+                      for s in range(0, n, 500)]) for t in (captions, swaps)]
+    margins = {"ITC": itc[:, :n].diagonal() - itc[:, n:].diagonal(), "ITM": itm[0] - itm[1]}
+    return (texts, itc), margins

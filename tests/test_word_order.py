@@ -1,0 +1,95 @@
+"""A caption against its swap (notebook 17): the gallery's answer key, the margins and the comparison
+measure what they say, and notebook 07's pair models come from one recipe."""
+
+import pytest
+import torch
+
+from clipedu import CLIP, preset
+from clipedu import blip2 as b2
+from clipedu.data import ShapesWorld, build_tokenizer
+from clipedu.exercises import nb17
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = ShapesWorld(num_objects=2).generate(12, "test")
+    tokenizer = build_tokenizer(data)
+    encoder = b2.FrozenImageEncoder.from_clip(CLIP(preset(
+        "tiny", vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+        embed_dim=16, vocab_size=tokenizer.vocab_size)))
+    qcfg = b2.QFormerConfig(vocab_size=tokenizer.vocab_size, image_width=32, num_queries=2, width=32, layers=1,
+                            heads=2, context_length=tokenizer.context_length, embed_dim=16)
+    model = b2.Blip2Stage1(qcfg, encoder).eval()
+    yield data, tokenizer, model, b2.encode_dataset(encoder, data)
+    torch.set_num_threads(before)
+
+
+def test_swap_relevance_marks_same_scene_captions_and_never_a_swap():
+    keys = torch.tensor([3, 1, 3])
+    relevant = b2.swap_relevance(keys)
+    assert relevant.shape == (3, 6) and relevant.dtype == torch.bool
+    assert relevant[:, :3].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    assert not relevant[:, 3:].any()
+    with pytest.raises(ValueError, match=r"keys must be one id per picture, shape \(N,\); got shape \(2, 2\)"):
+        b2.swap_relevance(torch.zeros(2, 2))
+
+
+def test_swap_margins_are_caption_score_minus_swap_score(pairs):
+    data, tokenizer, model, features = pairs
+    margins = b2.swap_margins(model, features, data, tokenizer)
+    captions = tokenizer([c[0] for c in data.captions])
+    swaps = tokenizer([n[0] for n in data.hard_negatives])
+    with torch.no_grad():
+        itm = model.itm_score(features, captions) - model.itm_score(features, swaps)
+    itc = b2.itc_similarities(model, features, torch.cat([captions, swaps]))
+    n = len(data)
+    torch.testing.assert_close(margins["ITM"], itm)
+    torch.testing.assert_close(margins["ITC"], itc[:, :n].diagonal() - itc[:, n:].diagonal())
+
+
+def test_word_order_comparison_counts_what_it_names(pairs):
+    data, tokenizer, model, features = pairs
+    result = b2.word_order_comparison(model, features, data, tokenizer, k=4)
+    margins = b2.swap_margins(model, features, data, tokenizer)
+    assert result["swap ITM"] == pytest.approx((margins["ITM"] > 0).float().mean().item())
+    assert result["swap ITC"] == pytest.approx((margins["ITC"] > 0).float().mean().item())
+    # recall@1 by ITC alone, counted by hand over the captions and the swaps
+    texts = torch.cat([tokenizer([c[0] for c in data.captions]), tokenizer([n[0] for n in data.hard_negatives])])
+    itc = b2.itc_similarities(model, features, texts)
+    relevant = b2.swap_relevance(b2.attribute_keys(data))
+    by_hand = relevant[torch.arange(len(data)), itc.argmax(1)].float().mean().item()
+    assert result["i2t ITC"] == pytest.approx(by_hand)
+    assert all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_word_order_needs_swapped_captions_and_one_feature_row_per_picture(pairs):
+    data, tokenizer, model, features = pairs
+    one_object = ShapesWorld().generate(4, "test")
+    with pytest.raises(ValueError, match=r"the data has no swapped captions \(hard_negatives\)"):
+        b2.word_order_comparison(model, features[:4], one_object, tokenizer)
+    with pytest.raises(ValueError, match=r"5 pictures' features for 12 pictures"):
+        b2.swap_margins(model, features[:5], data, tokenizer)
+
+
+def test_rerank_exercise_reference_agrees_with_itm_rerank(pairs):
+    data, tokenizer, model, features = pairs
+    texts = tokenizer([c[0] for c in data.captions])
+    itc = b2.itc_similarities(model, features, texts)
+    with torch.no_grad():
+        itm = torch.stack([model.itm_score(features, texts[j].expand(len(data), -1)) for j in range(len(texts))], 1)
+    image_to_text, _ = b2.itm_rerank(model, features, texts, itc, k=3)
+    expected = nb17.rerank_scores(itc, itm, 3)
+    assert torch.equal(image_to_text.isneginf(), expected.isneginf())
+    keep = ~expected.isneginf()
+    torch.testing.assert_close(image_to_text[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_itm_floor_is_the_minimum_over_p():
+    ps = torch.linspace(0.001, 0.999, 9999, dtype=torch.float64)
+    for pairs_, m in ((4, 1), (4, 2), (6, 3)):
+        loss = (-torch.log(ps) - m * torch.log(1 - ps)) / pairs_
+        assert nb17.itm_floor(pairs_, m) == pytest.approx(loss.min().item(), abs=1e-6)
+    assert nb17.itm_floor(3, 0) == 0.0
