@@ -44,10 +44,11 @@ from machine import describe_machine  # noqa: E402
 from clipedu import blip2 as b2  # noqa: E402
 from clipedu.blip2.evaluation import word_order_comparison  # noqa: E402
 from clipedu.data import get_dataset  # noqa: E402
-from clipedu.runs import model_from_checkpoint, run_dir  # noqa: E402
+from clipedu.runs import model_from_checkpoint, pair_recipes, run_dir  # noqa: E402
 from clipedu.runtime import pick_device  # noqa: E402
 
-TOWERS = {"plain": "narrow", "negclip": "narrow-negclip"}  # notebook 07's run names in fast mode
+_PAIR = pair_recipes("fast")[0]  # the run name of notebook 07's fast-mode pair models
+TOWERS = {"plain": _PAIR, "negclip": f"{_PAIR}-negclip"}
 
 
 def parse_args(argv=None):
