@@ -8,10 +8,13 @@ ours; anything else is refused with a clear message.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 CHECKPOINT_FORMAT = "clipedu-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"  # the file's name inside a run folder
@@ -47,3 +50,44 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a clipedu checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return state
+
+
+def fingerprint(*parts, length: int = 12) -> str:
+    """A short hex digest of what a run depends on, to name the folder it is saved in (notebook 17).
+
+    ``parts`` may be modules (their weights), tensors, dataclasses (a config), dicts, lists, tuples,
+    strings, numbers, bools and ``None``. The same parts give the same name on any machine; change
+    one weight or one setting and the name changes, so a saved run is never reused for another.
+    """
+    if not isinstance(length, int) or not 1 <= length <= 64:
+        raise ValueError(f"length must be an int from 1 to 64 hex digits, got {length!r}")
+    digest = hashlib.sha256()
+    for part in parts:
+        _feed(digest, part)
+    return digest.hexdigest()[:length]
+
+
+def _feed(digest, part) -> None:
+    if isinstance(part, nn.Module):
+        part = part.state_dict()
+    if isinstance(part, torch.Tensor):
+        t = part.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors too (a logit scale)
+        digest.update(f"tensor{t.dtype}{tuple(part.shape)}:".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif dataclasses.is_dataclass(part) and not isinstance(part, type):
+        digest.update(f"{type(part).__name__}:".encode())
+        _feed(digest, dataclasses.asdict(part))
+    elif isinstance(part, dict):
+        digest.update(f"dict{len(part)}:".encode())
+        for key in sorted(part, key=repr):
+            _feed(digest, key)
+            _feed(digest, part[key])
+    elif isinstance(part, (list, tuple)):
+        digest.update(f"{type(part).__name__}{len(part)}:".encode())
+        for item in part:
+            _feed(digest, item)
+    elif part is None or isinstance(part, (str, int, float, bool)):
+        digest.update(f"{type(part).__name__}:{part!r};".encode())
+    else:
+        raise TypeError(f"fingerprint takes modules, tensors, dataclasses, dicts, lists, tuples, strings, numbers, "
+                        f"bools and None; got {type(part).__name__}")

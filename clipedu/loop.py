@@ -231,15 +231,23 @@ class Loop:
         return value
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, progress: bool = True, callback: Callable[[Loop], None] | None = None,
-            max_seconds: float | None = None) -> History:
+    def fit(self, resume: bool | str = False, progress: bool = True,
+            callback: Callable[[Loop], None] | None = None, max_seconds: float | None = None) -> History:
         """Train until ``cfg.steps`` (or ``max_seconds`` of wall time; the schedule is unchanged).
 
-        ``resume=True`` continues from ``out_dir``'s checkpoint exactly where it stopped.
+        ``resume=True`` continues from ``out_dir``'s checkpoint exactly where it stopped;
+        ``resume="auto"`` does so where ``out_dir`` holds one and starts afresh where it does not (a
+        finished run then only loads: how a notebook keeps a run for its next execution).
         ``callback(loop)`` runs after every logged step (a live plot, say). The model is left in
         eval mode.
         """
         cfg = self.cfg
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        if resume == "auto":
+            if self.out_dir is None:
+                raise ValueError("resume='auto' needs an out_dir to look for a checkpoint in")
+            resume = (self.out_dir / CHECKPOINT_NAME).exists()
         if resume:
             if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():
                 raise ValueError(f"nothing to resume: no {CHECKPOINT_NAME} in {self.out_dir}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipedu.checkpoint import load_checkpoint, save_checkpoint
+from clipedu.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from clipedu.data import DeviceLoader, ShapesWorld
 from clipedu.loop import History, Loop, TrainConfig, TrainingDiverged
 
@@ -109,6 +109,51 @@ def test_a_loop_logs_its_losses_and_resumes_exactly(tmp_path):
     torch.manual_seed(123)  # another process: other weights, other global random state
     resumed = _regression(cfg, tmp_path).fit(resume=True, progress=False)
     assert resumed.step == full.step and resumed.loss == full.loss and resumed.lr == full.lr
+
+
+def test_resume_auto_trains_once_then_loads_the_finished_run(tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=16, warmup_steps=1, lr=1e-2, log_every=1)
+    first_loop = _regression(cfg, tmp_path)
+    first = first_loop.fit(resume="auto", progress=False)  # nothing there yet: trains
+    assert first.step == list(range(1, 7)) and load_checkpoint(tmp_path)["step"] == 6
+    again = _regression(cfg, tmp_path)
+    calls = []
+    again.train_step = lambda batch: calls.append(batch)  # a step would be a failure: the run is finished
+    history = again.fit(resume="auto", progress=False)
+    assert calls == [] and history.loss == first.loss and history.seconds == pytest.approx(first.seconds, abs=1.0)
+    for a, b in zip(again.model.parameters(), first_loop.model.parameters()):
+        assert torch.equal(a, b)  # the trained weights, not _regression's fresh ones
+    with pytest.raises(ValueError, match="resume must be True, False or 'auto', got 'yes'"):
+        _regression(cfg, tmp_path).fit(resume="yes", progress=False)
+    with pytest.raises(ValueError, match="resume='auto' needs an out_dir"):
+        _regression(cfg).fit(resume="auto", progress=False)
+
+
+def test_fingerprint_changes_with_any_weight_or_setting_and_only_then():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    cfg = TrainConfig(steps=10, warmup_steps=1)
+    base = fingerprint(model, cfg, {"itm_weight": 3.0, "swapped": True})
+    assert len(base) == 12 and int(base, 16) >= 0
+    assert fingerprint(model, cfg, {"swapped": True, "itm_weight": 3.0}) == base  # dict order does not matter
+    same = nn.Linear(3, 2)
+    same.load_state_dict(model.state_dict())
+    assert fingerprint(same, TrainConfig(steps=10, warmup_steps=1), {"itm_weight": 3.0, "swapped": True}) == base
+    with torch.no_grad():
+        same.weight[0, 0] += 1e-6
+    assert fingerprint(same, cfg, {"itm_weight": 3.0, "swapped": True}) != base  # one weight
+    other = TrainConfig(steps=11, warmup_steps=1)
+    assert fingerprint(model, other, {"itm_weight": 3.0, "swapped": True}) != base  # one setting
+    assert fingerprint(model, cfg, {"itm_weight": 3, "swapped": True}) != base  # 3 and 3.0: other types
+    assert fingerprint(model.weight.double()) != fingerprint(model.weight)  # same values, other dtype
+    assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))  # same bytes, other shape
+    assert fingerprint(torch.tensor(2.0)) != fingerprint(torch.tensor([2.0])) != fingerprint(torch.tensor(3.0))
+    assert fingerprint([1, 2]) != fingerprint((1, 2)) and fingerprint("12") != fingerprint(12)
+    assert len(fingerprint(model, length=20)) == 20
+    with pytest.raises(TypeError, match="fingerprint takes modules, .* got set"):
+        fingerprint({1, 2})
+    with pytest.raises(ValueError, match="length must be an int from 1 to 64 hex digits, got 0"):
+        fingerprint(model, length=0)
 
 
 def test_the_contrastive_options_are_refused_by_other_loops():

@@ -190,7 +190,7 @@ class Stage2Training(Loop):
 
 def pretrain_language_model(lm: TinyLM, tokenizer, data: CaptionedImages, cfg: TrainConfig, device=None,
                             progress: bool = True, out_dir: str | Path | None = None,
-                            resume: bool = False) -> History:
+                            resume: bool | str = False) -> History:
     """Train the tiny LM on caption text (:class:`LanguageModelPretraining`); returns its history."""
     loop = LanguageModelPretraining(lm, tokenizer, data, cfg, _device(device, next(lm.parameters())), out_dir)
     return loop.fit(resume=resume, progress=progress)
@@ -198,7 +198,7 @@ def pretrain_language_model(lm: TinyLM, tokenizer, data: CaptionedImages, cfg: T
 
 def train_stage1(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer, cfg: TrainConfig,
                  device=None, progress: bool = True, out_dir: str | Path | None = None,
-                 resume: bool = False, swapped_negatives: bool = False, itm_weight: float = 1.0) -> History:
+                 resume: bool | str = False, swapped_negatives: bool = False, itm_weight: float = 1.0) -> History:
     """Stage 1 (:class:`Stage1Training`, where ``swapped_negatives`` and ``itm_weight`` are
     explained) on the frozen encoder's ``features`` of ``data``."""
     _check_features(features, data)
@@ -209,7 +209,7 @@ def train_stage1(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImag
 
 def train_stage2(captioner: Blip2Captioner, features: torch.Tensor, data: CaptionedImages, tokenizer,
                  cfg: TrainConfig, device=None, progress: bool = True, out_dir: str | Path | None = None,
-                 resume: bool = False) -> History:
+                 resume: bool | str = False) -> History:
     """Stage 2 (:class:`Stage2Training`) on the frozen encoder's ``features`` of ``data``."""
     _check_features(features, data)
     loop = Stage2Training(captioner, features, data, tokenizer, cfg, _device(device, features), out_dir)
