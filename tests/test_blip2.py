@@ -310,6 +310,25 @@ def test_stage2_loss_ignores_prompt_positions(qcfg):
     torch.testing.assert_close(b2.lm_loss(noisy, labels), b2.lm_loss(logits, labels))
 
 
+def test_caption_losses_are_each_captions_summed_token_losses(qcfg):
+    lm = b2.TinyLM(b2.LMConfig(vocab_size=VOCAB, width=16, layers=1, heads=2, max_positions=16))
+    captioner = b2.Blip2Captioner(b2.QFormer(qcfg), nn.LayerNorm(IMAGE_WIDTH), lm).eval()
+    features, tokens = torch.randn(3, 7, IMAGE_WIDTH), captions(3, length=8, seed=1)
+    logits = lm(tokens, prefix_embeds=captioner.soft_prompt(features))
+    by_hand = torch.zeros(3)
+    for row in range(3):  # position Q + i predicts caption token i + 1; padding (0) is skipped
+        for i in range(7):
+            if int(tokens[row, i + 1]) != 0:
+                by_hand[row] += nn.functional.cross_entropy(logits[row, 3 + i], tokens[row, i + 1])
+    losses = captioner.caption_losses(features, tokens)
+    torch.testing.assert_close(losses, by_hand)
+    n_predicted = int((tokens[:, 1:] != 0).sum())  # every real token after <sot>
+    torch.testing.assert_close(losses.sum() / n_predicted, captioner(features, tokens))  # stage 2's loss
+    assert losses[0] != losses[1]  # one number per caption, not the batch's mean repeated
+    with pytest.raises(ValueError, match="got 3 images but 2 captions"):
+        captioner.caption_losses(features, tokens[:2])
+
+
 class ScriptedLM(nn.Module):
     """Row r says ``scripts[r]`` word by word whatever the prompt, then <eot>; counts its calls."""
 

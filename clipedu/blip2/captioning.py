@@ -18,10 +18,11 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipedu.blip2.frozen import FrozenImageEncoder, freeze_
-from clipedu.blip2.language_model import TinyLM, caption_labels, lm_loss
+from clipedu.blip2.language_model import IGNORE_INDEX, TinyLM, caption_labels, lm_loss
 from clipedu.blip2.qformer import QFormer
 
 
@@ -74,12 +75,24 @@ class Blip2Captioner(nn.Module):
 
     def forward(self, image_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The stage-2 loss: the frozen LM's next-token loss on the caption tokens only."""
+        return lm_loss(*self._logits_and_labels(image_features, tokens))
+
+    def _logits_and_labels(self, image_features: torch.Tensor, tokens: torch.Tensor):
         prompt = self.soft_prompt(image_features)  # (B, Q, D_lm)
         if tokens.shape[0] != prompt.shape[0]:
             raise ValueError(f"got {prompt.shape[0]} images but {tokens.shape[0]} captions")
         logits = self.language_model(tokens, prefix_embeds=prompt)  # (B, Q+L, V)
         labels = caption_labels(tokens, self.language_model.cfg.pad_token_id, prefix_length=prompt.shape[1])
-        return lm_loss(logits, labels)
+        return logits, labels
+
+    def caption_losses(self, image_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B,) each caption's loss summed over its tokens (nats): minus the log-probability the frozen
+        LM gives the whole caption after this picture's prompt. Two captions of a picture with the
+        same tokens in another order compare directly (notebook 17: a caption against its swap)."""
+        logits, labels = self._logits_and_labels(image_features, tokens)
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:],
+                                    ignore_index=IGNORE_INDEX, reduction="none")  # (B, Q+L-1), 0 where ignored
+        return per_token.sum(dim=1)
 
     # -- decoding -----------------------------------------------------------------------------------
     @torch.no_grad()
