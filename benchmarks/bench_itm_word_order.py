@@ -26,11 +26,18 @@ It prints, per seed, the share of test pictures whose caption scores above its s
 ITM log-odds) and recall@1 over the test captions and their swaps together (a hit: the caption of
 a scene with the same labels; a swap is never one), for ITC alone and for ITC's top ``--k``
 re-ranked by ITM's log-odds.
+
+With ``--stage2-steps N`` it also asks whether stage 1 gives stage 2 a head start (notebook 17,
+section 6): a tiny LM pretrained on the training captions (``--lm-steps``, the recipe's 1,200 by
+default), then stage 2 for N steps twice, from the Q-Former after stage 1 and from the one stage 1
+started from, and for each the LM's loss on the test captions (nats per token) and the share of test
+pictures whose caption it finds likelier than the swap.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import replace
@@ -67,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--k", type=int, default=8, help="ITC's shortlist that ITM re-ranks")
+    p.add_argument("--stage2-steps", type=int, default=0, help="stage 2 after stage 1 and without it (0: skip)")
+    p.add_argument("--stage2-lr", type=float, default=None, help="stage 2 peak lr (default: the recipe's 3e-3)")
+    p.add_argument("--lm-steps", type=int, default=None, help="the LM's pretraining steps (default: the recipe's)")
     p.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     return p.parse_args(argv)
@@ -97,26 +107,60 @@ def main(argv=None) -> None:
     features = b2.encode_dataset(encoder, train), b2.encode_dataset(encoder, test)
 
     keys = ("swap ITC", "swap ITM", "i2t ITC", "i2t ITC+ITM", "t2i ITC", "t2i ITC+ITM")
+    lm = None
+    if args.stage2_steps:
+        lm_cfg = replace(recipe.lm, steps=args.lm_steps or recipe.lm.steps, warmup_steps=None)
+        torch.manual_seed(0)
+        lm = b2.TinyLM(recipe.lm_config(tokenizer)).to(device)
+        b2.pretrain_language_model(lm, tokenizer, train, lm_cfg, device, progress=False)
+        stage2_cfg = replace(recipe.stage2, steps=args.stage2_steps, lr=args.stage2_lr or recipe.stage2.lr,
+                             warmup_steps=min(recipe.stage2.warmup_steps, args.stage2_steps // 10))
+        keys += ("s2 loss after", "s2 loss without", "s2 swap after", "s2 swap without")
     rows = []
     for seed in args.seeds:
         torch.manual_seed(seed)
         model = b2.Blip2Stage1(cfg, encoder).to(device)
         if not args.no_warm_start:
             model.qformer.init_from_text_encoder(clip.text)
+        start_qformer = copy.deepcopy(model.qformer)
         start = time.perf_counter()
         history = b2.train_stage1(model, features[0], train, tokenizer, replace(train_cfg, seed=seed), device,
                                   progress=False, swapped_negatives=True, itm_weight=args.itm_weight)
         seconds = time.perf_counter() - start
         result = word_order_comparison(model, features[1], test, tokenizer, k=args.k)
+        if lm is not None:
+            starts = {"after": (model.qformer, model.ln_vision),
+                      "without": (start_qformer, torch.nn.LayerNorm(encoder.width))}
+            for name, (qformer, ln_vision) in starts.items():
+                torch.manual_seed(seed)
+                captioner = b2.Blip2Captioner(copy.deepcopy(qformer), copy.deepcopy(ln_vision), lm, encoder).to(device)
+                b2.train_stage2(captioner, features[0], train, tokenizer, replace(stage2_cfg, seed=seed), device,
+                                progress=False)
+                result.update(zip((f"s2 loss {name}", f"s2 swap {name}"), stage2_scores(captioner, features[1], test,
+                                                                                        tokenizer)))
         rows.append(f"| {seed} | {seconds:.0f} | {history.last('itm'):.3f} | "
                     + " | ".join(f"{result[k]:.3f}" for k in keys) + " |")
         print(f"  seed {seed}: {seconds:.0f} s, ITM loss {history.last('itm'):.3f}, "
               + ", ".join(f"{k} {result[k]:.3f}" for k in keys), flush=True)
 
+    extra = " stage-2 test loss: after stage 1 | without | stage-2 swap: after | without |" if lm is not None else ""
     print("\n| seed | seconds | ITM loss | swap: ITC | swap: ITM | image->text R@1: ITC | ITC+ITM "
-          "| text->image R@1: ITC | ITC+ITM |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| text->image R@1: ITC | ITC+ITM |" + extra)
+    print("| ---: " * (len(keys) + 3) + "|")
     print("\n".join(rows))
+
+
+@torch.no_grad()
+def stage2_scores(captioner, features, data, tokenizer) -> tuple[float, float]:
+    """The LM's loss on the test captions (nats per token) and the share of pictures whose caption
+    has a lower summed loss than its swap."""
+    device = next(captioner.parameters()).device
+    context = captioner.language_model.cfg.max_positions - captioner.num_queries
+    captions, swaps = (tokenizer([t[0] for t in texts], context_length=context, truncate=True).to(device)
+                       for texts in (data.captions, data.hard_negatives))
+    features = features.to(device)
+    right, swapped = captioner.caption_losses(features, captions), captioner.caption_losses(features, swaps)
+    return captioner(features, captions).item(), (right < swapped).float().mean().item()
 
 
 if __name__ == "__main__":
