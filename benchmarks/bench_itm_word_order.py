@@ -136,8 +136,8 @@ def main(argv=None) -> None:
                 captioner = b2.Blip2Captioner(copy.deepcopy(qformer), copy.deepcopy(ln_vision), lm, encoder).to(device)
                 b2.train_stage2(captioner, features[0], train, tokenizer, replace(stage2_cfg, seed=seed), device,
                                 progress=False)
-                result.update(zip((f"s2 loss {name}", f"s2 swap {name}"), stage2_scores(captioner, features[1], test,
-                                                                                        tokenizer)))
+                scores = b2.captioner_word_order(captioner, features[1], test, tokenizer)
+                result.update({f"s2 loss {name}": scores["loss"], f"s2 swap {name}": scores["swap"]})
         rows.append(f"| {seed} | {seconds:.0f} | {history.last('itm'):.3f} | "
                     + " | ".join(f"{result[k]:.3f}" for k in keys) + " |")
         print(f"  seed {seed}: {seconds:.0f} s, ITM loss {history.last('itm'):.3f}, "
@@ -148,19 +148,6 @@ def main(argv=None) -> None:
           "| text->image R@1: ITC | ITC+ITM |" + extra)
     print("| ---: " * (len(keys) + 3) + "|")
     print("\n".join(rows))
-
-
-@torch.no_grad()
-def stage2_scores(captioner, features, data, tokenizer) -> tuple[float, float]:
-    """The LM's loss on the test captions (nats per token) and the share of pictures whose caption
-    has a lower summed loss than its swap."""
-    device = next(captioner.parameters()).device
-    context = captioner.language_model.cfg.max_positions - captioner.num_queries
-    captions, swaps = (tokenizer([t[0] for t in texts], context_length=context, truncate=True).to(device)
-                       for texts in (data.captions, data.hard_negatives))
-    features = features.to(device)
-    right, swapped = captioner.caption_losses(features, captions), captioner.caption_losses(features, swaps)
-    return captioner(features, captions).item(), (right < swapped).float().mean().item()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,28 @@ def test_word_order_needs_swapped_captions_and_one_feature_row_per_picture(pairs
         b2.word_order_comparison(model, features[:4], one_object, tokenizer)
     with pytest.raises(ValueError, match=r"5 pictures' features for 12 pictures"):
         b2.swap_margins(model, features[:5], data, tokenizer)
+    captioner = b2.Blip2Captioner.from_stage1(model, b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16,
+                                                                                       layers=1, heads=2)))
+    with pytest.raises(ValueError, match=r"the data has no swapped captions \(hard_negatives\)"):
+        b2.captioner_word_order(captioner, features[:4], one_object, tokenizer)
+    with pytest.raises(ValueError, match=r"5 pictures' features for 12 pictures"):
+        b2.captioner_word_order(captioner, features[:5], data, tokenizer)
+
+
+def test_captioner_word_order_is_stage_twos_loss_and_a_count_of_summed_losses(pairs):
+    data, tokenizer, model, features = pairs
+    torch.manual_seed(1)
+    lm = b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16, layers=1, heads=2))
+    captioner = b2.Blip2Captioner.from_stage1(model, lm)
+    with torch.no_grad():  # a random lm_proj and LM: some captions win, some swaps do
+        result = b2.captioner_word_order(captioner, features, data, tokenizer)
+        captions = tokenizer([c[0] for c in data.captions])
+        swaps = tokenizer([n[0] for n in data.hard_negatives])
+        loss = captioner(features, captions)
+        right, swapped = captioner.caption_losses(features, captions), captioner.caption_losses(features, swaps)
+    assert result["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert result["swap"] == pytest.approx((right < swapped).float().mean().item())
+    assert 0.0 < result["swap"] < 1.0  # the count, not a constant
 
 
 def test_rerank_exercise_reference_agrees_with_itm_rerank(pairs):

@@ -22,6 +22,7 @@ Modules, in the order the notebook builds them:
 from clipedu.blip2.captioning import Blip2Captioner, beam_search, greedy_decode
 from clipedu.blip2.evaluation import (
     caption_attribute_accuracy,
+    captioner_word_order,
     continue_captions,
     generate_captions,
     itc_similarities,
@@ -70,7 +71,8 @@ __all__ = [
     "Blip2Captioner", "Blip2Recipe", "Blip2Stage1", "FrozenImageEncoder", "LMConfig", "LanguageModelPretraining",
     "QFormer", "QFormerConfig", "QFormerOutput", "Stage1Output", "Stage1Training", "Stage2Training", "TinyLM",
     "attribute_keys", "beam_search",
-    "bidirectional_mask", "caption_attribute_accuracy", "caption_labels", "continue_captions", "count_parameters",
+    "bidirectional_mask", "caption_attribute_accuracy", "caption_labels", "captioner_word_order", "continue_captions",
+    "count_parameters",
     "decoder_inputs",
     "duplicate_caption_positives", "encode_dataset", "freeze_", "generate_captions", "greedy_decode",
     "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",

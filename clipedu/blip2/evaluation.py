@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from clipedu.blip2.captioning import greedy_decode
+from clipedu.blip2.captioning import Blip2Captioner, greedy_decode
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
 from clipedu.blip2.training import attribute_keys
 from clipedu.data import CaptionedImages
@@ -204,13 +204,38 @@ def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: Capt
 
 
 @torch.no_grad()
-def _swap_scores(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer):
-    """((the N captions then the N swaps as tokens (2N, L), ITC cosines (N, 2N)), swap margins)."""
+def captioner_word_order(captioner: Blip2Captioner, features: torch.Tensor, data: CaptionedImages, tokenizer
+                         ) -> dict[str, float]:
+    """A stage-2 captioner on held-out two-object scenes (notebook 17, section 6):
+
+    - ``loss``: the frozen LM's loss on each picture's first caption after its soft prompt, in nats per
+      token (stage 2's own loss, on pictures it did not train on);
+    - ``swap``: the share of pictures whose caption has a lower summed loss than its swapped caption
+      (:meth:`~clipedu.blip2.captioning.Blip2Captioner.caption_losses`; chance is 0.5).
+    """
+    _check_swaps(features, data)
+    device = next(captioner.parameters()).device
+    context = min(captioner.language_model.cfg.max_positions - captioner.num_queries, tokenizer.context_length)
+    captions, swaps = (tokenizer([texts[0] for texts in lists], context_length=context, truncate=True).to(device)
+                       for lists in (data.captions, data.hard_negatives))
+    features = features.to(device)
+    captioner.eval()
+    right, swapped = captioner.caption_losses(features, captions), captioner.caption_losses(features, swaps)
+    return {"loss": captioner(features, captions).item(), "swap": (right < swapped).float().mean().item()}
+
+
+def _check_swaps(features: torch.Tensor, data: CaptionedImages) -> None:
     if data.hard_negatives is None:
         raise ValueError(f"the data has no swapped captions (hard_negatives): {data}; "
                          "use two-object scenes, get_dataset('shapes2', ...)")
     if len(features) != len(data):
         raise ValueError(f"{len(features)} pictures' features for {len(data)} pictures")
+
+
+@torch.no_grad()
+def _swap_scores(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer):
+    """((the N captions then the N swaps as tokens (2N, L), ITC cosines (N, 2N)), swap margins)."""
+    _check_swaps(features, data)
     length = model.cfg.context_length
     captions, swaps = (tokenizer([texts[0] for texts in lists], context_length=length, truncate=True)
                        for lists in (data.captions, data.hard_negatives))
