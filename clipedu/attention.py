@@ -80,11 +80,20 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out_proj = nn.Linear(width, width)
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, N, D) -> q, k, v, each (B, H, N, D/H)."""
-        b, n, _ = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim)  # (B, N, 3, H, D/H)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
+    def split_heads(
+        self, x: torch.Tensor, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, D) -> q, k, v, each (B, H, N, D/H); with ``rows``, q only for those rows (B, H, R, D/H)."""
+        b, n, d = x.shape
+        if rows is None:
+            qkv = self.qkv(x).view(b, n, 3, self.heads, self.head_dim)  # (B, N, 3, H, D/H)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
+            return q, k, v
+        # The same layer's weights, cut in two: the query rows of W for the chosen tokens only.
+        (w_q, w_kv), (b_q, b_kv) = self.qkv.weight.split([d, 2 * d]), self.qkv.bias.split([d, 2 * d])
+        picked = x[:, rows]  # (B, R, D)
+        q = F.linear(picked, w_q, b_q).view(b, picked.shape[1], self.heads, self.head_dim).transpose(1, 2)
+        k, v = F.linear(x, w_kv, b_kv).view(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
     def forward(
@@ -93,16 +102,27 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        rows: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, N, D). Returns (output (B, N, D), weights (B, H, N, N) or None)."""
+        """x: (B, N, D). Returns (output (B, N, D), weights (B, H, N, N) or None).
+
+        ``rows`` (a slice of the N tokens): compute only those tokens' outputs, (B, R, D), from keys
+        and values of all N, the same numbers as the full output's rows. A layer whose other outputs
+        nobody reads (the last one, for a loss that reads some tokens) saves their work this way.
+        ``mask`` is still the full (..., N, N) mask."""
         b, n, d = x.shape
         if d != self.width:
             raise ValueError(f"expected tokens of width {self.width}, got {d}")
-        q, k, v = self.split_heads(x)
-        if is_causal and (need_weights or mask is not None):
-            # The explicit path (and the fused kernel, given a mask) needs the causal mask spelled out.
+        if rows is not None and (not isinstance(rows, slice) or rows.step not in (None, 1)):
+            raise ValueError(f"rows must be a slice with step 1, such as slice(0, 8), got {rows!r}")
+        q, k, v = self.split_heads(x, rows)
+        if is_causal and (need_weights or mask is not None or rows is not None):
+            # The explicit path (and the fused kernel, given a mask or fewer queries) needs the causal mask spelled out.
             causal = causal_mask(n, x.device)
             mask, is_causal = (causal if mask is None else _combine(mask, causal)), False
+        if rows is not None and mask is not None:
+            mask = mask[..., rows, :] if mask.shape[-2] == n else mask  # a (..., 1, N) mask broadcasts as it is
+        n = q.shape[2]
         if need_weights:
             out, weights = scaled_dot_product_attention(q, k, v, mask)
         else:

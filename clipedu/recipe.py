@@ -38,12 +38,26 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_adamw_on(device: torch.device) -> bool:
+    """Whether AdamW has a fused kernel for ``device``: a GPU's always; a CPU's from torch 2.4 on."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+    except RuntimeError:  # torch < 2.4: "fused=True requires all the params to be ... CUDA"
+        return False
+    return True
+
+
 def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
                    device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``groups`` (fused kernels on a GPU)."""
+    """AdamW over ``groups``, with the fused kernel where there is one: one pass over all the
+    weights instead of several per tensor (on a CPU, a small model's step takes a third of the time)."""
     if not any(group["params"] for group in groups):
         raise ValueError("the model has no trainable parameters (every one has requires_grad=False)")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type == "cuda" or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused_adamw_on(device) or None)
 
 
 class _WarmupThenCosine(SequentialLR):

@@ -82,3 +82,37 @@ def test_scale_keeps_softmax_from_saturating():
 def test_width_not_divisible_by_heads_is_an_error():
     with pytest.raises(ValueError, match="divisible by heads"):
         MultiHeadAttention(width=30, heads=4)
+
+
+@pytest.mark.parametrize("case", ["none", "causal", "padding", "padding+causal", "square mask"])
+@pytest.mark.parametrize("rows", [slice(0, 3), slice(4, 9), slice(8, 9)])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_rows_are_the_full_outputs_rows(case, rows, need_weights):
+    mha = MultiHeadAttention(width=32, heads=4)
+    x = torch.randn(2, 9, 32)
+    tokens = torch.tensor([[3] * 6 + [0] * 3, [3] * 9])
+    mask = padding_mask(tokens, 0) if "padding" in case else None
+    if case == "square mask":
+        mask = torch.rand(9, 9) > 0.3
+        mask[:, 0] = True  # every query sees one key at least
+    causal = "causal" in case
+    full, full_weights = mha(x, mask=mask, is_causal=causal, need_weights=need_weights)
+    part, part_weights = mha(x, mask=mask, is_causal=causal, need_weights=need_weights, rows=rows)
+    assert part.shape == (2, rows.stop - rows.start, 32)
+    torch.testing.assert_close(part, full[:, rows], rtol=1e-5, atol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(part_weights, full_weights[:, :, rows])
+    # Row 0 alone: the gradient reaches every token it may see (their keys and values), and no other.
+    x.requires_grad_(True)
+    mha(x, mask=mask, is_causal=causal, rows=slice(0, 1))[0].sum().backward()
+    seen = torch.ones(9, dtype=torch.bool) if mask is None or mask.dim() == 4 else mask[0].clone()
+    if causal:
+        seen[1:] = False
+    reached = x.grad[1].abs().sum(-1) > 0  # the second example has no padding
+    assert torch.equal(reached, seen)
+
+
+@pytest.mark.parametrize("rows", [[0, 1], slice(0, 6, 2), 3])
+def test_multihead_rows_must_be_a_plain_slice(rows):
+    with pytest.raises(ValueError, match="rows must be a slice with step 1"):
+        MultiHeadAttention(width=32, heads=4)(torch.randn(1, 6, 32), rows=rows)

@@ -92,6 +92,46 @@ def test_unimodal_mask_equals_separate_passes(qcfg):
     torch.testing.assert_close(joint.text_output, qf(tokens=tokens).text_output, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["unimodal", "bidirectional", "multimodal_causal"])
+@pytest.mark.parametrize("read", ["queries", "queries+first", "text"])
+def test_reading_some_outputs_gives_the_same_numbers_and_gradients(qcfg, kind, read):
+    """``read`` skips the last layer's unread tokens: what is read, and every weight's gradient
+    from it, are those of the full pass."""
+    image, tokens = torch.randn(4, 7, IMAGE_WIDTH), captions(4)
+    q = qcfg.num_queries
+    outputs = {}
+    for how in ("all", read):
+        torch.manual_seed(0)  # the same weights both times
+        qf = b2.QFormer(qcfg)
+        out = qf(image, tokens, mask=kind, read=how)
+        x = torch.cat([t for t in (out.query_output, out.text_output) if t is not None], dim=1)
+        if how == "all":
+            x = x[:, {"queries": slice(0, q), "queries+first": slice(0, q + 1), "text": slice(q, None)}[read]]
+        else:
+            assert (out.query_output is None) == (read == "text") and (out.text_output is None) == (read == "queries")
+        (x * torch.linspace(-1, 1, x.shape[-1])).sum().backward()
+        # A weight only the skipped tokens use gets no gradient (None) instead of a zero one.
+        outputs[how] = x, {name: torch.zeros_like(p) if p.grad is None else p.grad for name, p in qf.named_parameters()}
+    (full, full_grads), (part, part_grads) = outputs["all"], outputs[read]
+    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+    for name in full_grads:
+        torch.testing.assert_close(part_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert any(g.abs().sum() > 0 for g in part_grads.values())
+
+
+def test_bad_read_arguments(qcfg):
+    qf = b2.QFormer(qcfg)
+    image, tokens = torch.randn(2, 7, IMAGE_WIDTH), captions(2)
+    with pytest.raises(ValueError, match="read must be one of"):
+        qf(image, tokens, read="first")
+    with pytest.raises(ValueError, match="need_weights=True returns every token's attention"):
+        qf(image, tokens, read="queries", need_weights=True)
+    with pytest.raises(ValueError, match="read='text' needs text tokens"):
+        qf(image, read="text")
+    with pytest.raises(ValueError, match="read='queries\\+first' needs image and text tokens"):
+        qf(tokens=tokens, read="queries+first")
+
+
 def test_multimodal_causal_text_sees_only_the_past_and_queries_never_see_text(qcfg):
     qf = b2.QFormer(qcfg)
     image, tokens = torch.randn(2, 7, IMAGE_WIDTH), captions(2)

@@ -9,6 +9,7 @@ from torch import nn
 from clipedu import CLIP
 from clipedu.recipe import (
     Precision,
+    fused_adamw_on,
     make_optimizer,
     make_scheduler,
     optimizer_step,
@@ -92,3 +93,23 @@ def test_precision_on_the_cpu_autocasts_only_when_asked():
     w = nn.Parameter(torch.ones(2))
     plain.backward((w * 3).sum())
     assert w.grad.tolist() == [3.0, 3.0]
+
+
+def test_the_cpu_uses_adamws_fused_kernel_where_torch_has_one_and_it_steps_as_the_plain_one(tiny_config):
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    assert fused_adamw_on(torch.device("cpu")) == (version >= (2, 4))
+    assert not fused_adamw_on(torch.device("meta"))
+    models = [CLIP(tiny_config) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = make_optimizer(parameter_groups(models[0], 0.1), 1e-2, (0.9, 0.98), 1e-6, torch.device("cpu"))
+    plain = torch.optim.AdamW(parameter_groups(models[1], 0.1), lr=1e-2, betas=(0.9, 0.98), eps=1e-6)
+    assert bool(fused.defaults["fused"]) == fused_adamw_on(torch.device("cpu"))
+    for step in range(3):
+        for model, optimizer in zip(models, (fused, plain)):
+            torch.manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(models[0].logit_scale, CLIP(tiny_config).logit_scale)  # they did move

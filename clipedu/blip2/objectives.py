@@ -201,7 +201,7 @@ class Blip2Stage1(nn.Module):
         Because the mask keeps queries and text apart, this equals the two separate passes
         :meth:`image_feats` and :meth:`text_feats` (what retrieval over a gallery uses).
         """
-        out = self.qformer(image_embeds, tokens, mask="unimodal")
+        out = self.qformer(image_embeds, tokens, mask="unimodal", read="queries+first")
         image_feats = F.normalize(self.vision_proj(out.query_output), dim=-1)  # (B, Q, E)
         text_feats = F.normalize(self.text_proj(out.text_output[:, 0]), dim=-1)  # (B, E)
         return query_text_similarity(image_feats, text_feats), image_feats, text_feats
@@ -219,7 +219,7 @@ class Blip2Stage1(nn.Module):
     # -- ITM ------------------------------------------------------------------------------------------
     def itm_logits(self, image_embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Bidirectional pass; the match head on every query output, averaged: (B, 2)."""
-        out = self.qformer(image_embeds, tokens, mask="bidirectional")
+        out = self.qformer(image_embeds, tokens, mask="bidirectional", read="queries")
         return self.itm_head(out.query_output).mean(dim=1)
 
     def itm_score(self, image_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -234,7 +234,7 @@ class Blip2Stage1(nn.Module):
     def itg_logits(self, image_embeds: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multimodal causal pass with [DEC] first: (next-token logits (B, T, V), labels (B, T))."""
         inputs, labels = decoder_inputs(tokens, self.cfg.dec_token_id, self.cfg.pad_token_id)
-        out = self.qformer(image_embeds, inputs, mask="multimodal_causal")
+        out = self.qformer(image_embeds, inputs, mask="multimodal_causal", read="text")
         return self.lm_head(out.text_output), labels
 
     @torch.no_grad()

@@ -80,6 +80,9 @@ class QFormerConfig:
         return asdict(self)
 
 
+READS = ("all", "queries", "queries+first", "text")  # what a caller of QFormer.forward reads
+
+
 class QFormerLayer(nn.Module):
     """Shared self-attention; cross-attention for the queries (in some layers); two feed-forwards."""
 
@@ -93,9 +96,15 @@ class QFormerLayer(nn.Module):
         self.ln_query_mlp, self.query_mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio)
         self.ln_text_mlp, self.text_mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio)
 
-    def forward(self, x, num_queries, image_embeds, mask, need_weights=False):
-        """x: (B, Q+T, D) -> (B, Q+T, D), self-attention weights (B, H, Q+T, Q+T), cross (B, H, Q, N)."""
-        attended, self_weights = self.self_attn(self.ln_self(x), mask=mask, need_weights=need_weights)
+    def forward(self, x, num_queries, image_embeds, mask, need_weights=False, rows=None):
+        """x: (B, Q+T, D) -> (B, Q+T, D), self-attention weights (B, H, Q+T, Q+T), cross (B, H, Q, N).
+
+        ``rows`` (a slice of the Q+T tokens): update only those, (B, R, D), as in the last layer when
+        the caller reads only some outputs; the others still give their keys and values."""
+        attended, self_weights = self.self_attn(self.ln_self(x), mask=mask, need_weights=need_weights, rows=rows)
+        if rows is not None:
+            num_queries = len(range(num_queries)[rows])  # the queries among the rows kept (they come first)
+            x = x[:, rows]
         x = x + attended
         q, t = x[:, :num_queries], x[:, num_queries:]  # (B, Q, D), (B, T, D)
         cross_weights = None
@@ -170,6 +179,22 @@ class QFormer(nn.Module):
         self.ln_final.load_state_dict(text.ln_final.state_dict())
         return self
 
+    @staticmethod
+    def _rows(read: str, num_queries: int, text_length: int, need_weights: bool) -> slice | None:
+        """The last layer's rows for ``read`` (None: all of them)."""
+        if read not in READS:
+            raise ValueError(f"read must be one of {READS}, got {read!r}")
+        if read == "all":
+            return None
+        if need_weights:
+            raise ValueError(f"need_weights=True returns every token's attention; use read='all', not {read!r}")
+        present = {"queries": num_queries, "queries+first": num_queries and text_length, "text": text_length}
+        if not present[read]:
+            needs = {"queries": "image tokens", "queries+first": "image and text tokens", "text": "text tokens"}
+            raise ValueError(f"read={read!r} needs {needs[read]}")
+        return {"queries": slice(0, num_queries), "queries+first": slice(0, num_queries + 1),
+                "text": slice(num_queries, num_queries + text_length)}[read]
+
     def check_image_embeds(self, image_embeds: torch.Tensor) -> None:
         if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3:
             got = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
@@ -198,10 +223,16 @@ class QFormer(nn.Module):
         tokens: torch.Tensor | None = None,
         mask: str = "bidirectional",
         need_weights: bool = False,
+        read: str = "all",
     ) -> QFormerOutput:
         """Run the queries (when ``image_embeds`` (B, N, C) is given) and/or the text ``tokens``
         (B, T) through the Q-Former with one of the objective masks ("unimodal",
-        "bidirectional", "multimodal_causal"; it only matters when both are there)."""
+        "bidirectional", "multimodal_causal"; it only matters when both are there).
+
+        ``read`` says which outputs the caller will use: "all"; "queries" (ITM's head reads only
+        them: ``text_output`` is None); "queries+first" (ITC: the queries and the first text token,
+        ``text_output`` (B, 1, D)); "text" (ITG: ``query_output`` is None). The last layer then
+        computes only those tokens; no later layer needs the rest. The numbers read are the same."""
         if image_embeds is None and tokens is None:
             raise ValueError("give image tokens, text tokens or both")
         parts = []
@@ -220,13 +251,20 @@ class QFormer(nn.Module):
         attn_mask = objective_mask(mask, num_queries, text_length, x.device)  # (Q+T, Q+T)
         if tokens is not None:
             attn_mask = with_text_padding(attn_mask, tokens != self.cfg.pad_token_id)  # (B, 1, Q+T, Q+T)
+        rows = self._rows(read, num_queries, text_length, need_weights)
         attentions, cross = [], []
-        for layer in self.layers:
-            x, self_weights, cross_weights = layer(x, num_queries, image_embeds, attn_mask, need_weights)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, self_weights, cross_weights = layer(x, num_queries, image_embeds, attn_mask, need_weights,
+                                                   rows=rows if last else None)
             attentions.append(self_weights)
             if cross_weights is not None:
                 cross.append(cross_weights)
         x = self.ln_final(x)
+        if rows is not None:  # x holds the kept rows only: how many of them are queries, how many text
+            kept = len(range(num_queries + text_length)[rows])
+            num_queries = len(range(num_queries)[rows])
+            text_length = kept - num_queries
         return QFormerOutput(
             query_output=x[:, :num_queries] if num_queries else None,
             text_output=x[:, num_queries:] if text_length else None,
