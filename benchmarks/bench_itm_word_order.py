@@ -131,12 +131,9 @@ def main(argv=None) -> None:
         if lm is not None:
             starts = {"after": (model.qformer, model.ln_vision),
                       "without": (start_qformer, torch.nn.LayerNorm(encoder.width))}
-            for name, (qformer, ln_vision) in starts.items():
-                torch.manual_seed(seed)
-                captioner = b2.Blip2Captioner(copy.deepcopy(qformer), copy.deepcopy(ln_vision), lm, encoder).to(device)
-                b2.train_stage2(captioner, features[0], train, tokenizer, replace(stage2_cfg, seed=seed), device,
-                                progress=False)
-                scores = b2.captioner_word_order(captioner, features[1], test, tokenizer)
+            compared = b2.stage2_from_starts(starts, lm, encoder, features[0], train, features[1], test, tokenizer,
+                                             replace(stage2_cfg, seed=seed), device)
+            for name, (_, scores) in compared.items():
                 result.update({f"s2 loss {name}": scores["loss"], f"s2 swap {name}": scores["swap"]})
         rows.append(f"| {seed} | {seconds:.0f} | {history.last('itm'):.3f} | "
                     + " | ".join(f"{result[k]:.3f}" for k in keys) + " |")

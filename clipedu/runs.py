@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clipedu.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from clipedu.checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, preset
 from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
@@ -108,6 +108,16 @@ def run_dir_name(dataset: str, name: str, mode: str | bool) -> str:
 def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> Path:
     """The run folder :func:`train_or_load` uses for this dataset and model name, in this mode."""
     return runs_dir() / run_dir_name(dataset, name, resolve_mode(mode, fast))
+
+
+def keyed_run_dir(dataset: str, name: str, *parts, mode: str | None = None) -> Path:
+    """A run folder named by everything the run depends on: ``name`` and the
+    :func:`~clipedu.checkpoint.fingerprint` of ``parts`` (starting weights, data, configs). With
+    ``fit(resume="auto")`` a run trains once and then only loads, and a changed input never meets a
+    stale run: it gets another folder."""
+    if not parts:
+        raise ValueError("give what the run depends on (its starting model, data, configs) to name its folder by")
+    return run_dir(dataset, f"{name}-{fingerprint(*parts)}", mode=mode)
 
 
 def is_trained(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> bool:

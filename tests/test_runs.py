@@ -9,6 +9,7 @@ from clipedu.loop import TrainConfig
 from clipedu.runs import (
     default_train_config,
     is_trained,
+    keyed_run_dir,
     run_dir,
     run_dir_name,
     train_or_load,
@@ -74,6 +75,20 @@ def test_bad_requests_are_explained(data):
 def test_run_folder_names():
     assert run_dir_name("shapes", "tiny", True) == "shapes-tiny-fast"
     assert run_dir_name("folder:/data/x", "ViT-B/32", False) == "folder--data-x-ViT-B-32"
+
+
+def test_keyed_run_folders_change_with_what_the_run_depends_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    weights, cfg = torch.ones(3), TrainConfig(steps=5, warmup_steps=0)
+    folder = keyed_run_dir("shapes2", "stage1", weights, cfg, mode="fast")
+    assert folder.parent == tmp_path and folder.name.startswith("shapes2-stage1-") and folder.name.endswith("-fast")
+    same = TrainConfig(steps=5, warmup_steps=0)  # an equal config, another object
+    assert keyed_run_dir("shapes2", "stage1", weights.clone(), same, mode="fast") == folder
+    assert keyed_run_dir("shapes2", "stage1", weights, TrainConfig(steps=6, warmup_steps=0), mode="fast") != folder
+    assert keyed_run_dir("shapes2", "stage1", weights * 2, cfg, mode="fast") != folder
+    assert keyed_run_dir("shapes2", "stage1", weights, cfg, mode="full") != folder
+    with pytest.raises(ValueError, match="give what the run depends on"):
+        keyed_run_dir("shapes2", "stage1", mode="fast")
 
 
 def test_fast_mode_draws_fewer_pictures_only_where_it_says_so():

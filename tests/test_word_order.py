@@ -1,6 +1,8 @@
 """A caption against its swap (notebook 17): the gallery's answer key, the margins and the comparison
 measure what they say, and notebook 07's pair models come from one recipe."""
 
+import copy
+
 import pytest
 import torch
 
@@ -94,6 +96,32 @@ def test_captioner_word_order_is_stage_twos_loss_and_a_count_of_summed_losses(pa
     assert result["loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert result["swap"] == pytest.approx((right < swapped).float().mean().item())
     assert 0.0 < result["swap"] < 1.0  # the count, not a constant
+
+
+def test_stage2_from_starts_trains_copies_alike_in_all_but_the_start(pairs):
+    data, tokenizer, model, features = pairs
+    torch.manual_seed(1)
+    lm = b2.freeze_(b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16, layers=1, heads=2)))
+    cfg = b2.stage_config(steps=6, batch_size=4, lr=1e-2, seed=3)
+    torch.manual_seed(2)
+    other = b2.QFormer(model.cfg)  # another start: fresh weights
+    starts = {"stage 1": (model.qformer, model.ln_vision), "twin": (model.qformer, model.ln_vision),
+              "other": (other, torch.nn.LayerNorm(32))}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = b2.stage2_from_starts(starts, lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
+    assert list(runs) == list(starts)
+    # The same start twice gives the same run: the same lm_proj, batches and steps.
+    assert runs["stage 1"][0].loss == runs["twin"][0].loss and runs["stage 1"][1] == runs["twin"][1]
+    assert runs["other"][0].loss != runs["stage 1"][0].loss
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # copies trained, not these
+    # Each score is captioner_word_order of that run's captioner, rebuilt here by hand.
+    torch.manual_seed(cfg.seed)
+    captioner = b2.Blip2Captioner(copy.deepcopy(other), torch.nn.LayerNorm(32), lm, model.image_encoder)
+    history = b2.train_stage2(captioner, features, data, tokenizer, cfg, progress=False)
+    assert history.loss == runs["other"][0].loss
+    assert runs["other"][1] == pytest.approx(b2.captioner_word_order(captioner, features, data, tokenizer))
+    with pytest.raises(ValueError, match="give at least one start"):
+        b2.stage2_from_starts({}, lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
 
 
 def test_rerank_exercise_reference_agrees_with_itm_rerank(pairs):

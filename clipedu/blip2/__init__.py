@@ -29,6 +29,7 @@ from clipedu.blip2.evaluation import (
     itm_rerank,
     recall_at_k,
     retrieval_comparison,
+    stage2_from_starts,
     swap_margins,
     swap_relevance,
     word_order_comparison,
@@ -77,6 +78,7 @@ __all__ = [
     "duplicate_caption_positives", "encode_dataset", "freeze_", "generate_captions", "greedy_decode",
     "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",
     "objective_mask", "positives_from_keys", "pretrain_language_model", "query_text_similarity", "recall_at_k",
-    "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage_config", "train_stage1", "train_stage2",
+    "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage2_from_starts", "stage_config",
+    "train_stage1", "train_stage2",
     "swap_margins", "swap_relevance", "unimodal_mask", "with_text_padding", "word_order_comparison",
 ]

@@ -11,13 +11,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from clipedu.blip2.captioning import Blip2Captioner, greedy_decode
+from clipedu.blip2.frozen import FrozenImageEncoder
+from clipedu.blip2.language_model import TinyLM
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
-from clipedu.blip2.training import attribute_keys
+from clipedu.blip2.qformer import QFormer
+from clipedu.blip2.training import attribute_keys, train_stage2
 from clipedu.data import CaptionedImages
 from clipedu.data.grammar import parse_caption
 
@@ -222,6 +227,30 @@ def captioner_word_order(captioner: Blip2Captioner, features: torch.Tensor, data
     captioner.eval()
     right, swapped = captioner.caption_losses(features, captions), captioner.caption_losses(features, swaps)
     return {"loss": captioner(features, captions).item(), "swap": (right < swapped).float().mean().item()}
+
+
+def stage2_from_starts(
+    starts: Mapping[str, tuple[QFormer, nn.LayerNorm]], language_model: TinyLM, image_encoder: FrozenImageEncoder,
+    features: torch.Tensor, data: CaptionedImages, test_features: torch.Tensor, test_data: CaptionedImages,
+    tokenizer, cfg, device=None,
+) -> dict[str, tuple]:
+    """Stage 2 once from each start, alike in all else (notebook 17, section 6): whether stage 1
+    gives stage 2 a head start is a comparison of two such runs.
+
+    ``starts`` maps a name to a (Q-Former, ``ln_vision``) pair; each run trains a copy of its pair
+    (the originals are left as they were) in front of the same frozen ``language_model``, with the
+    same ``lm_proj`` (drawn after ``torch.manual_seed(cfg.seed)``), steps, batches and seed. Returns
+    {name: (the run's History, :func:`captioner_word_order` on the test data)}."""
+    if not starts:
+        raise ValueError("give at least one start: {name: (qformer, ln_vision)}")
+    results = {}
+    for name, (qformer, ln_vision) in starts.items():
+        torch.manual_seed(cfg.seed)  # the same lm_proj for every start
+        captioner = Blip2Captioner(copy.deepcopy(qformer), copy.deepcopy(ln_vision), language_model, image_encoder)
+        captioner.to(device if device is not None else features.device)
+        history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False)
+        results[name] = history, captioner_word_order(captioner, test_features, test_data, tokenizer)
+    return results
 
 
 def _check_swaps(features: torch.Tensor, data: CaptionedImages) -> None:
