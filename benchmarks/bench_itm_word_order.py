@@ -31,7 +31,8 @@ With ``--stage2-steps N`` it also asks whether stage 1 gives stage 2 a head star
 section 6): a tiny LM pretrained on the training captions (``--lm-steps``, the recipe's 1,200 by
 default), then stage 2 for N steps twice, from the Q-Former after stage 1 and from the one stage 1
 started from, and for each the LM's loss on the test captions (nats per token) and the share of test
-pictures whose caption it finds likelier than the swap.
+pictures whose caption it finds likelier than the swap. ``--stage2-frozen`` keeps both Q-Formers
+and their ``ln_vision`` frozen, so stage 2 trains ``lm_proj`` alone: notebook 17's comparison.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=8, help="ITC's shortlist that ITM re-ranks")
     p.add_argument("--stage2-steps", type=int, default=0, help="stage 2 after stage 1 and without it (0: skip)")
     p.add_argument("--stage2-lr", type=float, default=None, help="stage 2 peak lr (default: the recipe's 3e-3)")
+    p.add_argument("--stage2-frozen", action="store_true",
+                   help="stage 2 with the Q-Former and ln_vision frozen, only lm_proj trained (notebook 17)")
     p.add_argument("--lm-steps", type=int, default=None, help="the LM's pretraining steps (default: the recipe's)")
     p.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
@@ -132,7 +135,8 @@ def main(argv=None) -> None:
             starts = {"after": (model.qformer, model.ln_vision),
                       "without": (start_qformer, torch.nn.LayerNorm(encoder.width))}
             compared = b2.stage2_from_starts(starts, lm, encoder, features[0], train, features[1], test, tokenizer,
-                                             replace(stage2_cfg, seed=seed), device)
+                                             replace(stage2_cfg, seed=seed), device,
+                                             train_qformer=not args.stage2_frozen)
             for name, (_, scores) in compared.items():
                 result.update({f"s2 loss {name}": scores["loss"], f"s2 swap {name}": scores["swap"]})
         rows.append(f"| {seed} | {seconds:.0f} | {history.last('itm'):.3f} | "

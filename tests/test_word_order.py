@@ -124,6 +124,30 @@ def test_stage2_from_starts_trains_copies_alike_in_all_but_the_start(pairs):
         b2.stage2_from_starts({}, lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
 
 
+def test_stage2_from_starts_with_the_qformer_frozen_trains_lm_proj_alone(pairs):
+    data, tokenizer, model, features = pairs
+    torch.manual_seed(1)
+    lm = b2.freeze_(b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16, layers=1, heads=2)))
+    cfg = b2.stage_config(steps=6, batch_size=4, lr=1e-2, seed=3)
+    starts = {"stage 1": (model.qformer, model.ln_vision)}
+    frozen = b2.stage2_from_starts(starts, lm, model.image_encoder, features, data, features, data, tokenizer, cfg,
+                                   train_qformer=False)["stage 1"]
+    trained = b2.stage2_from_starts(starts, lm, model.image_encoder, features, data, features, data, tokenizer,
+                                    cfg)["stage 1"]
+    assert frozen[0].loss[0] == trained[0].loss[0] and frozen[0].loss[1:] != trained[0].loss[1:]
+    # The same run by hand: the Q-Former and ln_vision frozen, so lm_proj alone moves.
+    torch.manual_seed(cfg.seed)
+    captioner = b2.Blip2Captioner(copy.deepcopy(model.qformer), copy.deepcopy(model.ln_vision), lm, model.image_encoder)
+    b2.freeze_(captioner.qformer)
+    b2.freeze_(captioner.ln_vision)
+    before = {k: v.clone() for k, v in captioner.state_dict().items()}
+    history = b2.train_stage2(captioner, features, data, tokenizer, cfg, progress=False)
+    assert history.loss == frozen[0].loss
+    moved = {k.split(".")[0] for k, v in captioner.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {"lm_proj"}, moved
+    assert frozen[1] == pytest.approx(b2.captioner_word_order(captioner, features, data, tokenizer))
+
+
 def test_rerank_exercise_reference_agrees_with_itm_rerank(pairs):
     data, tokenizer, model, features = pairs
     texts = tokenizer([c[0] for c in data.captions])

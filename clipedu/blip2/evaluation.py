@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from clipedu.blip2.captioning import Blip2Captioner, greedy_decode
-from clipedu.blip2.frozen import FrozenImageEncoder
+from clipedu.blip2.frozen import FrozenImageEncoder, freeze_
 from clipedu.blip2.language_model import TinyLM
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
 from clipedu.blip2.qformer import QFormer
@@ -232,15 +232,17 @@ def captioner_word_order(captioner: Blip2Captioner, features: torch.Tensor, data
 def stage2_from_starts(
     starts: Mapping[str, tuple[QFormer, nn.LayerNorm]], language_model: TinyLM, image_encoder: FrozenImageEncoder,
     features: torch.Tensor, data: CaptionedImages, test_features: torch.Tensor, test_data: CaptionedImages,
-    tokenizer, cfg, device=None,
+    tokenizer, cfg, device=None, train_qformer: bool = True,
 ) -> dict[str, tuple]:
     """Stage 2 once from each start, alike in all else (notebook 17, section 6): whether stage 1
     gives stage 2 a head start is a comparison of two such runs.
 
     ``starts`` maps a name to a (Q-Former, ``ln_vision``) pair; each run trains a copy of its pair
     (the originals are left as they were) in front of the same frozen ``language_model``, with the
-    same ``lm_proj`` (drawn after ``torch.manual_seed(cfg.seed)``), steps, batches and seed. Returns
-    {name: (the run's History, :func:`captioner_word_order` on the test data)}."""
+    same ``lm_proj`` (drawn after ``torch.manual_seed(cfg.seed)``), steps, batches and seed. With
+    ``train_qformer=False`` the copies stay frozen and only ``lm_proj`` learns: the LM then reads
+    only what the queries already carry. Returns {name: (the run's History,
+    :func:`captioner_word_order` on the test data)}."""
     if not starts:
         raise ValueError("give at least one start: {name: (qformer, ln_vision)}")
     results = {}
@@ -248,6 +250,9 @@ def stage2_from_starts(
         torch.manual_seed(cfg.seed)  # the same lm_proj for every start
         captioner = Blip2Captioner(copy.deepcopy(qformer), copy.deepcopy(ln_vision), language_model, image_encoder)
         captioner.to(device if device is not None else features.device)
+        if not train_qformer:
+            freeze_(captioner.qformer)
+            freeze_(captioner.ln_vision)
         history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False)
         results[name] = history, captioner_word_order(captioner, test_features, test_data, tokenizer)
     return results
