@@ -128,6 +128,24 @@ class History:
         return cls(**own, series={k: list(v) for k, v in d.items()})
 
 
+def frozen_submodules(model: nn.Module) -> list[nn.Module]:
+    """The largest submodules of ``model`` whose parameters are all frozen (``requires_grad``
+    False); a module without parameters, a lone dropout say, is not one."""
+    found = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            found.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for child in model.children():
+        visit(child)
+    return found
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
@@ -140,7 +158,9 @@ class Loop:
     :meth:`after_step` may fix up the weights after each optimiser step. Everything else is
     shared: ``fit()`` with resume, evaluation, checkpoints, progress and the history.
 
-    Only parameters with ``requires_grad`` are trained, so frozen parts stay as they are.
+    Only parameters with ``requires_grad`` are trained, so frozen parts stay as they are, and a
+    frozen submodule (all its parameters frozen, as :func:`~clipedu.blip2.freeze_` leaves it) is
+    kept in eval mode while the rest trains: its dropout stays off and its batch statistics fixed.
     ``eval_fn(model)`` returns a dict of metrics, every ``cfg.eval_every`` steps and at the end.
     ``out_dir`` receives ``checkpoint.pt`` every ``cfg.checkpoint_every`` steps and at the end.
     """
@@ -166,6 +186,7 @@ class Loop:
         self.scheduler = make_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps)
         self.precision = Precision(cfg.precision, self.device)
         self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.frozen = frozen_submodules(model)
         # For the randomness inside a step (BLIP-2's hard negatives, say): saved with the checkpoint.
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.ddp = None  # a DistributedDataParallel wrapper, when a subclass trains under torchrun
@@ -202,13 +223,19 @@ class Loop:
         """Set ``.grad`` of every trained parameter to the gradient of the loss on ``batch``
         (scaled when fp16 needs it), without a step. Returns the step's outputs, ``"loss"``
         detached (under DDP, the mean over processes)."""
-        self.model.train()
+        self.train_mode()
         with self.precision.autocast():
             out = self.losses(batch)
         logged = self._checked(out["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(out["loss"])
         return {**out, "loss": logged}
+
+    def train_mode(self) -> None:
+        """The model in training mode, its frozen submodules in eval mode."""
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
 
     def train_step(self, batch) -> dict:
         """One optimiser step on a batch from the loader."""

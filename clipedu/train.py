@@ -198,7 +198,7 @@ class Trainer(Loop):
             batch = shard_batch(batch, self.dist)  # (b, ...) this process's rows of the global batch
         if self.cfg.accum_steps == 1:
             return super().compute_gradients(batch)
-        self.model.train()
+        self.train_mode()
         self.optimizer.zero_grad(set_to_none=True)
         loss, image_embeds, text_embeds = self._accumulate_gradients(batch)
         return {"loss": loss, "image_embeds": image_embeds, "text_embeds": text_embeds}

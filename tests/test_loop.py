@@ -167,3 +167,40 @@ def test_a_loop_stops_on_a_non_finite_loss_and_says_where():
     loop = _regression(TrainConfig(steps=5, batch_size=16, warmup_steps=0, lr=1e30, grad_clip=0))
     with pytest.raises(TrainingDiverged, match="regression: the loss became .* at step .*nothing was saved"):
         loop.fit(progress=False)
+
+
+class FrozenThenHead(Loop):
+    """A frozen part with dropout inside, then dropout and a trained head; records what the frozen part gave."""
+
+    def losses(self, batch):
+        x = batch.images.mean(dim=(2, 3))  # (B, 3)
+        features = self.model[0](x)
+        self.seen.append((x.detach().clone(), features.detach().clone(), self.model[0].training))
+        target = batch.images[:, 0].mean(dim=(1, 2))
+        return {"loss": ((self.model[1:](features).squeeze(1) - target) ** 2).mean()}
+
+
+def test_a_loop_keeps_frozen_submodules_in_eval_mode_while_the_rest_trains():
+    torch.manual_seed(0)
+    frozen = nn.Sequential(nn.Linear(3, 64), nn.Dropout(0.5))
+    frozen.requires_grad_(False)
+    model = nn.Sequential(frozen, nn.Dropout(0.5), nn.Linear(64, 1))  # the lone dropout has no parameters: trains
+    data = ShapesWorld(seed=0).generate(32, "train")
+    loader = DeviceLoader(data, lambda texts: torch.zeros(len(texts), 1, dtype=torch.long), batch_size=8,
+                          device="cpu", shuffle=True, seed=0)
+    cfg = TrainConfig(steps=3, batch_size=8, warmup_steps=1, lr=1e-2)
+    loop = FrozenThenHead(model, loader, cfg, torch.device("cpu"))
+    loop.seen = []
+    assert loop.frozen == [frozen]
+    model.eval()  # fit must put the trained part back in training mode
+    loop.fit(progress=False)
+    assert len(loop.seen) == 3
+    for x, features, training in loop.seen:
+        assert not training
+        assert torch.equal(features, frozen[0](x))  # no unit dropped: the frozen part ran as in eval mode
+    loop.train_mode()
+    assert not frozen.training and not frozen[1].training
+    assert model.training and model[1].training and model[2].training
+    nothing_frozen = nn.Sequential(nn.Dropout(0.1), nn.Linear(3, 1))
+    assert FrozenThenHead(nothing_frozen, loader, TrainConfig(steps=2, batch_size=8, warmup_steps=1),
+                          torch.device("cpu")).frozen == []
