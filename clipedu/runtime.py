@@ -11,6 +11,10 @@ where data and checkpoints go. Three modes:
 The mode follows the machine: ``fast`` when ``CI`` is set, else ``full`` on a CUDA GPU and ``cpu``
 elsewhere. ``CLIPEDU_MODE=fast|cpu|full`` overrides it; ``CLIPEDU_FAST=1`` still means ``fast``
 (and ``CLIPEDU_FAST=0`` the machine's own mode, even in CI).
+
+``CLIPEDU_SEED=N`` overrides the seed ``setup()`` is given: run the notebooks with another seed
+(``benchmarks/bench_notebooks.py --seeds 1 2``) to check that a lesson's outcome does not rest on
+the one seed CI uses.
 """
 
 from __future__ import annotations
@@ -229,11 +233,27 @@ class Runtime:
         )
 
 
+def seed_override() -> int | None:
+    """``CLIPEDU_SEED`` as an int, or None when it is not set (or empty)."""
+    value = os.environ.get("CLIPEDU_SEED", "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        got = os.environ["CLIPEDU_SEED"]
+        raise ValueError(f"CLIPEDU_SEED must be a whole number, such as 1; got {got!r}") from None
+
+
 def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> Runtime:
     """Pick the device, seed everything, and report the mode and folders.
 
+    ``CLIPEDU_SEED``, when set, replaces ``seed`` (:func:`seed_override`).
+
     Returns a :class:`Runtime`. On Colab without a GPU it says how to switch one on.
     """
+    override = seed_override()
+    seed = override if override is not None else seed
     seed_everything(seed)
     chosen = pick_device(device)
     rt = Runtime(

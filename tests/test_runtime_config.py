@@ -78,6 +78,7 @@ def test_bad_fast_flag_is_an_error(monkeypatch):
 
 
 def test_setup_seeds_and_reports(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("CLIPEDU_SEED", raising=False)
     monkeypatch.setenv("CLIPEDU_DATA", str(tmp_path / "d"))
     monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path / "r"))
     rt = runtime.setup(seed=3)
@@ -88,6 +89,21 @@ def test_setup_seeds_and_reports(monkeypatch, tmp_path, capsys):
     assert "device: cpu" in out and "seed: 3" in out
     assert rt.data_dir == tmp_path / "d" and rt.data_dir.is_dir() and rt.runs_dir.is_dir()
     assert rt.choose(fast=1, full=2) == (1 if rt.fast else 2)
+
+
+def test_clipedu_seed_replaces_the_seed_setup_is_given(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CLIPEDU_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path / "r"))
+    monkeypatch.setenv("CLIPEDU_SEED", " 7 ")
+    rt = runtime.setup()  # a notebook's call: seed 0 unless told
+    a = torch.rand(3)
+    torch.manual_seed(7)
+    assert rt.seed == 7 and torch.equal(a, torch.rand(3)) and "seed: 7" in capsys.readouterr().out
+    monkeypatch.setenv("CLIPEDU_SEED", "")
+    assert runtime.seed_override() is None and runtime.setup(seed=2, quiet=True).seed == 2
+    monkeypatch.setenv("CLIPEDU_SEED", "one")
+    with pytest.raises(ValueError, match="CLIPEDU_SEED must be a whole number, such as 1; got 'one'"):
+        runtime.setup(quiet=True)
 
 
 def test_pick_device_refuses_missing_cuda():
