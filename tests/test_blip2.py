@@ -132,6 +132,62 @@ def test_bad_read_arguments(qcfg):
         qf(tokens=tokens, read="queries+first")
 
 
+def test_itg_reusing_the_itc_passs_queries_gives_the_same_text_outputs_and_gradients(qcfg):
+    """BLIP-2's reference code runs the queries once (ITC's pass) and lets ITG's text read their
+    keys and values: the queries see no text under either mask, so nothing changes but the time."""
+    image, tokens = torch.randn(4, 7, IMAGE_WIDTH), captions(4)
+    inputs, _ = b2.decoder_inputs(tokens, qcfg.dec_token_id, 0)
+    weight = torch.linspace(-1, 1, qcfg.width)
+    results = {}
+    for how in ("again", "reused"):
+        torch.manual_seed(0)  # the same weights both times
+        qf = b2.QFormer(qcfg)
+        itc = qf(image, tokens, mask="unimodal", read="queries+first", keep_query_states=True)
+        assert len(itc.query_states) == qcfg.layers and itc.query_states[0].shape == (4, qcfg.num_queries, qcfg.width)
+        if how == "again":
+            itg = qf(image, inputs, mask="multimodal_causal", read="text")
+        else:
+            itg = qf(tokens=inputs, mask="multimodal_causal", read="text", query_states=itc.query_states)
+        assert itg.query_output is None
+        ((itc.query_output * weight).sum() + (itg.text_output * weight).sum()).backward()
+        results[how] = itg.text_output, {n: p.grad for n, p in qf.named_parameters()}
+    (again, again_grads), (reused, reused_grads) = results["again"], results["reused"]
+    torch.testing.assert_close(reused, again, atol=1e-5, rtol=1e-5)
+    for name, grad in again_grads.items():
+        torch.testing.assert_close(reused_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # the kept states are the queries entering each layer: the first is the learned queries themselves
+    torch.testing.assert_close(itc.query_states[0], qf.query_tokens.expand(4, -1, -1))
+
+
+def test_stage1_reuses_itcs_queries_for_itg_and_its_losses_are_unchanged(qcfg):
+    model = b2.Blip2Stage1(qcfg)
+    with torch.no_grad():  # weights far from their small initial values: every layer moves the queries
+        for param in model.parameters():
+            param.normal_(0, 0.3)
+    features, tokens = torch.randn(5, 7, IMAGE_WIDTH), captions(5)
+    out = model(features, tokens, generator=torch.Generator().manual_seed(0))
+    logits, labels = model.itg_logits(model.image_embeds(features), tokens)  # the queries run again
+    torch.testing.assert_close(out.loss_itg, b2.lm_loss(logits, labels), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_query_states_give_clear_errors(qcfg):
+    qf = b2.QFormer(qcfg)
+    image, tokens = torch.randn(2, 7, IMAGE_WIDTH), captions(2)
+    states = qf(image, keep_query_states=True).query_states
+    with pytest.raises(ValueError, match="query_states must hold one \\(2, 3, 32\\) tensor per layer \\(3\\)"):
+        qf(tokens=tokens, mask="multimodal_causal", read="text", query_states=states[:2])
+    with pytest.raises(ValueError, match="query_states must hold one \\(3, 3, 32\\) tensor per layer"):
+        qf(tokens=captions(3), mask="multimodal_causal", read="text", query_states=states)
+    with pytest.raises(ValueError, match="query_states serve the multimodal causal pass .* got mask='bidirectional'"):
+        qf(tokens=tokens, mask="bidirectional", read="text", query_states=states)
+    with pytest.raises(ValueError, match="query_states need text tokens"):
+        qf(mask="multimodal_causal", read="text", query_states=states)
+    with pytest.raises(ValueError, match="keep_query_states=True keeps the queries of a pass where they see no text"):
+        qf(image, tokens, mask="bidirectional", keep_query_states=True)
+    with pytest.raises(ValueError, match="keep_query_states=True keeps the queries"):
+        qf(tokens=tokens, keep_query_states=True)
+
+
 def test_multimodal_causal_text_sees_only_the_past_and_queries_never_see_text(qcfg):
     qf = b2.QFormer(qcfg)
     image, tokens = torch.randn(2, 7, IMAGE_WIDTH), captions(2)

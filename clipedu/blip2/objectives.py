@@ -19,9 +19,13 @@ Three objectives share one Q-Former and differ in the attention mask (:mod:`clip
   replaced by [DEC] and every text position predicts the next token. The text cannot see the
   image, only the queries, so the queries must carry what the caption says.
 
-The total loss is the sum of the three, as in BLIP-2. Two course options go beyond it (off by
-default; :class:`clipedu.blip2.training.Stage1Training`): each picture's swapped caption as a
-fourth ITM pair (:func:`itm_batch`), so that ITM must read word order, and a weight on the ITM loss.
+The total loss is the sum of the three, as in BLIP-2. The queries see no text under ITC's mask or
+ITG's, so :meth:`Blip2Stage1.forward` runs them once: ITG's text reads the queries kept from ITC's
+pass at every layer (BLIP-2's reference code reuses their keys and values, ``past_key_values``).
+
+Two course options go beyond BLIP-2's sum (off by default;
+:class:`clipedu.blip2.training.Stage1Training`): each picture's swapped caption as a fourth ITM pair
+(:func:`itm_batch`), so that ITM must read word order, and a weight on the ITM loss.
 """
 
 from __future__ import annotations
@@ -201,10 +205,15 @@ class Blip2Stage1(nn.Module):
         Because the mask keeps queries and text apart, this equals the two separate passes
         :meth:`image_feats` and :meth:`text_feats` (what retrieval over a gallery uses).
         """
-        out = self.qformer(image_embeds, tokens, mask="unimodal", read="queries+first")
+        similarity, image_feats, text_feats, _ = self._itc_pass(image_embeds, tokens)
+        return similarity, image_feats, text_feats
+
+    def _itc_pass(self, image_embeds: torch.Tensor, tokens: torch.Tensor, keep_query_states: bool = False):
+        out = self.qformer(image_embeds, tokens, mask="unimodal", read="queries+first",
+                           keep_query_states=keep_query_states)
         image_feats = F.normalize(self.vision_proj(out.query_output), dim=-1)  # (B, Q, E)
         text_feats = F.normalize(self.text_proj(out.text_output[:, 0]), dim=-1)  # (B, E)
-        return query_text_similarity(image_feats, text_feats), image_feats, text_feats
+        return query_text_similarity(image_feats, text_feats), image_feats, text_feats, out.query_states
 
     @property
     def temperature(self) -> float:
@@ -231,10 +240,15 @@ class Blip2Stage1(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     # -- ITG ------------------------------------------------------------------------------------------
-    def itg_logits(self, image_embeds: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multimodal causal pass with [DEC] first: (next-token logits (B, T, V), labels (B, T))."""
+    def itg_logits(self, image_embeds: torch.Tensor, tokens: torch.Tensor,
+                   query_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multimodal causal pass with [DEC] first: (next-token logits (B, T, V), labels (B, T)).
+        ``query_states``: the queries of ITC's pass (:meth:`QFormer.forward`), reused rather than run again."""
         inputs, labels = decoder_inputs(tokens, self.cfg.dec_token_id, self.cfg.pad_token_id)
-        out = self.qformer(image_embeds, inputs, mask="multimodal_causal", read="text")
+        if query_states is not None:
+            out = self.qformer(tokens=inputs, mask="multimodal_causal", read="text", query_states=query_states)
+        else:
+            out = self.qformer(image_embeds, inputs, mask="multimodal_causal", read="text")
         return self.lm_head(out.text_output), labels
 
     @torch.no_grad()
@@ -277,7 +291,8 @@ class Blip2Stage1(nn.Module):
             raise ValueError(f"got {b} images but {tokens.shape[0]} captions; stage 1 trains on pairs")
         positives = check_positives(duplicate_caption_positives(tokens) if positives is None else positives, b)
 
-        similarity, _, _ = self.itc_similarity(image_embeds, tokens)  # (B, B) cosines
+        # ITC's pass keeps the queries at every layer: ITG's pass reuses them (they see no text in either).
+        similarity, _, _, query_states = self._itc_pass(image_embeds, tokens, keep_query_states=True)  # (B, B)
         itc_logits = self.logit_scale.exp() * similarity
         loss_itc = itc_loss(itc_logits, positives, self.cfg.itc_label_smoothing)
 
@@ -286,7 +301,7 @@ class Blip2Stage1(nn.Module):
         itm_logits = self.itm_logits(images, texts)  # (3B, 2), or (4B, 2)
         loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
 
-        itg_logits, itg_labels = self.itg_logits(image_embeds, tokens)
+        itg_logits, itg_labels = self.itg_logits(image_embeds, tokens, query_states=query_states)
         loss_itg = lm_loss(itg_logits, itg_labels)
         return Stage1Output(loss_itc + loss_itm + loss_itg, loss_itc, loss_itm, loss_itg,
                             itc_logits, itm_logits, itm_labels)

@@ -121,6 +121,7 @@ class QFormerOutput(NamedTuple):
     text_output: torch.Tensor | None  # (B, T, D), None in a queries-only pass
     attentions: list[torch.Tensor] | None = None  # per layer (B, H, Q+T, Q+T), when asked for
     cross_attentions: list[torch.Tensor] | None = None  # per cross-attention layer (B, H, Q, N)
+    query_states: list[torch.Tensor] | None = None  # per layer, the queries entering it (B, Q, D), when kept
 
 
 class QFormer(nn.Module):
@@ -224,6 +225,8 @@ class QFormer(nn.Module):
         mask: str = "bidirectional",
         need_weights: bool = False,
         read: str = "all",
+        keep_query_states: bool = False,
+        query_states: list[torch.Tensor] | None = None,
     ) -> QFormerOutput:
         """Run the queries (when ``image_embeds`` (B, N, C) is given) and/or the text ``tokens``
         (B, T) through the Q-Former with one of the objective masks ("unimodal",
@@ -232,9 +235,20 @@ class QFormer(nn.Module):
         ``read`` says which outputs the caller will use: "all"; "queries" (ITM's head reads only
         them: ``text_output`` is None); "queries+first" (ITC: the queries and the first text token,
         ``text_output`` (B, 1, D)); "text" (ITG: ``query_output`` is None). The last layer then
-        computes only those tokens; no later layer needs the rest. The numbers read are the same."""
+        computes only those tokens; no later layer needs the rest. The numbers read are the same.
+
+        ``keep_query_states=True`` returns the queries as they enter each layer (``query_states``),
+        from a pass where they see no text (no tokens, or the unimodal mask). ITG's pass then takes
+        them instead of ``image_embeds`` (``query_states=...``, the multimodal causal mask): there
+        too the queries see no text, so they would only be computed again; the text reads their keys
+        and values at every layer. BLIP-2's reference code does the same with ``past_key_values``."""
+        if query_states is not None:
+            return self._text_after_queries(tokens, query_states, mask, read, need_weights)
         if image_embeds is None and tokens is None:
             raise ValueError("give image tokens, text tokens or both")
+        if keep_query_states and (image_embeds is None or (tokens is not None and mask == "bidirectional")):
+            raise ValueError("keep_query_states=True keeps the queries of a pass where they see no text: give "
+                             "image tokens, and no text tokens or the 'unimodal' mask")
         parts = []
         if image_embeds is not None:
             self.check_image_embeds(image_embeds)
@@ -252,8 +266,10 @@ class QFormer(nn.Module):
         if tokens is not None:
             attn_mask = with_text_padding(attn_mask, tokens != self.cfg.pad_token_id)  # (B, 1, Q+T, Q+T)
         rows = self._rows(read, num_queries, text_length, need_weights)
-        attentions, cross = [], []
+        attentions, cross, states = [], [], []
         for i, layer in enumerate(self.layers):
+            if keep_query_states:
+                states.append(x[:, :num_queries])  # (B, Q, D) the queries entering layer i
             last = i == len(self.layers) - 1
             x, self_weights, cross_weights = layer(x, num_queries, image_embeds, attn_mask, need_weights,
                                                    rows=rows if last else None)
@@ -270,7 +286,32 @@ class QFormer(nn.Module):
             text_output=x[:, num_queries:] if text_length else None,
             attentions=attentions if need_weights else None,
             cross_attentions=cross if need_weights else None,
+            query_states=states if keep_query_states else None,
         )
+
+    def _text_after_queries(self, tokens, query_states, mask, read, need_weights) -> QFormerOutput:
+        """The text's pass beside queries that already ran (``query_states``, one (B, Q, D) per layer):
+        each layer updates the text rows only, reading the kept queries' keys and values."""
+        if mask != "multimodal_causal" or read not in ("text", "all") or need_weights:
+            raise ValueError("query_states serve the multimodal causal pass (ITG), which reads the text alone: "
+                             f"mask='multimodal_causal', read='text', no weights; got mask={mask!r}, read={read!r}, "
+                             f"need_weights={need_weights}")
+        if tokens is None:
+            raise ValueError("query_states need text tokens to run beside")
+        self.check_tokens(tokens)
+        b, q, t = tokens.shape[0], self.num_queries, tokens.shape[1]
+        want = (b, q, self.cfg.width)
+        shapes = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in query_states]
+        if len(shapes) != len(self.layers) or any(shape != want for shape in shapes):
+            raise ValueError(f"query_states must hold one {want} tensor per layer ({len(self.layers)}), as a pass "
+                             f"with keep_query_states=True returns them; got {shapes}")
+        attn_mask = objective_mask(mask, q, t, tokens.device)  # (Q+T, Q+T)
+        attn_mask = with_text_padding(attn_mask, tokens != self.cfg.pad_token_id)  # (B, 1, Q+T, Q+T)
+        text_rows = slice(q, q + t)
+        x = self.token_embed(tokens) + self.pos_embed[:t]  # (B, T, D)
+        for layer, queries in zip(self.layers, query_states):
+            x, _, _ = layer(torch.cat([queries.to(x.dtype), x], dim=1), q, None, attn_mask, rows=text_rows)
+        return QFormerOutput(query_output=None, text_output=self.ln_final(x))
 
 
 def _init_weights(module: nn.Module) -> None:
