@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     test = get_dataset("shapes2", "test", n=args.test_images)
     features = b2.encode_dataset(encoder, train), b2.encode_dataset(encoder, test)
 
-    keys = ("swap ITC", "swap ITM", "i2t ITC", "i2t ITC+ITM", "t2i ITC", "t2i ITC+ITM")
+    keys = ("swap ITC", "swap ITM", "i2t ITC", "i2t ITC+ITM", "i2t word order ITC", "i2t word order ITC+ITM",
+            "t2i ITC", "t2i ITC+ITM")
     lm = None
     if args.stage2_steps:
         lm_cfg = replace(recipe.lm, steps=args.lm_steps or recipe.lm.steps, warmup_steps=None)
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
 
     extra = " stage-2 test loss: after stage 1 | without | stage-2 swap: after | without |" if lm is not None else ""
     print("\n| seed | seconds | ITM loss | swap: ITC | swap: ITM | image->text R@1: ITC | ITC+ITM "
-          "| text->image R@1: ITC | ITC+ITM |" + extra)
+          "| first text its words, wrong order: ITC | ITC+ITM | text->image R@1: ITC | ITC+ITM |" + extra)
     print("| ---: " * (len(keys) + 3) + "|")
     print("\n".join(rows))
 

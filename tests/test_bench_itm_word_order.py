@@ -47,12 +47,12 @@ def test_runs_on_a_pair_model_like_notebook_07s(bench, tmp_path, monkeypatch, ca
     row = [line for line in out.splitlines() if line.startswith("| 0 |")]
     assert len(row) == 1
     values = [float(v) for v in row[0].strip("| ").split(" | ")[3:]]
-    assert len(values) == 6 and all(0.0 <= v <= 1.0 for v in values)  # shares and recalls
+    assert len(values) == 8 and all(0.0 <= v <= 1.0 for v in values)  # shares and recalls
     bench.main(["--tower", "plain", "--seeds", "0", "--steps", "2", "--train-images", "64", "--test-images", "8",
                 "--k", "4", "--threads", "1", "--stage2-steps", "2", "--lm-steps", "2"])  # the LM's batch: 64
     out = capsys.readouterr().out
     assert "stage-2 test loss: after stage 1 | without |" in out
     row = [line for line in out.splitlines() if line.startswith("| 0 |")]
     values = [float(v) for v in row[0].strip("| ").split(" | ")[3:]]
-    assert len(values) == 10 and all(v > 0.5 for v in values[6:8])  # losses of an untrained captioner, nats
-    assert all(0.0 <= v <= 1.0 for v in values[8:])  # the stage-2 swap shares
+    assert len(values) == 12 and all(v > 0.5 for v in values[8:10])  # losses of an untrained captioner, nats
+    assert all(0.0 <= v <= 1.0 for v in values[10:])  # the stage-2 swap shares

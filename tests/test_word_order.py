@@ -64,7 +64,25 @@ def test_word_order_comparison_counts_what_it_names(pairs):
     relevant = b2.swap_relevance(b2.attribute_keys(data))
     by_hand = relevant[torch.arange(len(data)), itc.argmax(1)].float().mean().item()
     assert result["i2t ITC"] == pytest.approx(by_hand)
+    mistakes = b2.word_order_mistakes(itc, relevant, texts)
+    assert result["i2t word order ITC"] == pytest.approx(mistakes.float().mean().item())
     assert all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_word_order_mistakes_are_wrong_firsts_with_the_captions_words():
+    # four pictures; texts: captions 0-3 (caption 2 says what caption 0 says, its scene is picture 0's)
+    # then swaps 4-7; token ids stand for words
+    texts = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 0], [1, 2, 3, 0], [7, 8, 9, 0],
+                          [3, 2, 1, 0], [6, 5, 4, 0], [3, 2, 1, 0], [9, 7, 8, 0]])
+    relevant = b2.swap_relevance(torch.tensor([0, 1, 0, 2]))
+    scores = torch.zeros(4, 8)
+    scores[0, 2] = 1.0  # picture 0: caption 2 says the same and is right: no mistake
+    scores[1, 5] = 1.0  # picture 1: its own swap: a word-order mistake
+    scores[2, 4] = 1.0  # picture 2: picture 0's swap, the same words as its caption: a word-order mistake
+    scores[3, 1] = 1.0  # picture 3: a wrong caption with other words: a mistake, not one of word order
+    assert b2.word_order_mistakes(scores, relevant, texts).tolist() == [False, True, True, False]
+    with pytest.raises(ValueError, match=r"scores \(4, 8\), relevant \(4, 6\) and texts \(8, 4\) must be"):
+        b2.word_order_mistakes(scores, relevant[:, :6], texts)
 
 
 def test_word_order_needs_swapped_captions_and_one_feature_row_per_picture(pairs):

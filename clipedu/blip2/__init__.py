@@ -33,6 +33,7 @@ from clipedu.blip2.evaluation import (
     swap_margins,
     swap_relevance,
     word_order_comparison,
+    word_order_mistakes,
 )
 from clipedu.blip2.frozen import FrozenImageEncoder, count_parameters, freeze_
 from clipedu.blip2.language_model import LMConfig, TinyLM, caption_labels, lm_loss, sample_text
@@ -81,4 +82,5 @@ __all__ = [
     "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage2_from_starts", "stage_config",
     "train_stage1", "train_stage2",
     "swap_margins", "swap_relevance", "unimodal_mask", "with_text_padding", "word_order_comparison",
+    "word_order_mistakes",
 ]

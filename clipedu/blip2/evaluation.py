@@ -183,6 +183,20 @@ def swap_margins(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImag
     return _swap_scores(model, features, data, tokenizer)[1]
 
 
+def word_order_mistakes(scores: torch.Tensor, relevant: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: whether picture i's first text by ``scores`` (N, 2N) is wrong (``relevant``, as
+    :func:`swap_relevance` gives) and holds exactly the words of picture i's caption (the token ids of
+    ``texts`` (2N, L) row i, in any order): a mistake no bag of words could avoid."""
+    n = scores.shape[0]
+    if scores.shape != relevant.shape or scores.shape[1] != len(texts) or len(texts) < n:
+        raise ValueError(f"scores {tuple(scores.shape)}, relevant {tuple(relevant.shape)} and texts "
+                         f"{tuple(texts.shape)} must be (N, M), (N, M) and (M, L) with M >= N")
+    bags = texts.sort(dim=1).values  # the same words in any order give the same row
+    first = scores.argmax(dim=1)
+    rows = torch.arange(n)
+    return ~relevant[rows, first] & (bags[first] == bags[:n]).all(dim=1)
+
+
 def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: CaptionedImages, tokenizer,
                           k: int = 8) -> dict[str, float]:
     """ITC against ITM where only word order tells a caption from a wrong one (two-object scenes).
@@ -191,6 +205,10 @@ def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: Capt
       (:func:`swap_margins`; chance is 0.5);
     - ``i2t ITC`` / ``i2t ITC+ITM``: image->text recall@1 over the N captions and their N swaps
       together (:func:`swap_relevance`), by ITC alone and with ITC's top ``k`` re-ranked by ITM;
+    - ``i2t word order ITC`` / ``i2t word order ITC+ITM``: the share of pictures whose first text
+      is a wrong one with exactly their caption's words in another order (its swap, or another
+      picture's caption that says the same), by ITC alone and re-ranked: the mistakes that only
+      word order can fix (:func:`word_order_mistakes`);
     - ``t2i ITC`` / ``t2i ITC+ITM``: text->image recall@1 of the true captions (a swap has no
       right picture).
     """
@@ -203,6 +221,8 @@ def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: Capt
         "swap ITM": (margins["ITM"] > 0).float().mean().item(),
         "i2t ITC": recall_at_k(itc, relevant, (1,))["R@1"],
         "i2t ITC+ITM": recall_at_k(image_to_text, relevant, (1,))["R@1"],
+        "i2t word order ITC": word_order_mistakes(itc, relevant, texts).float().mean().item(),
+        "i2t word order ITC+ITM": word_order_mistakes(image_to_text, relevant, texts).float().mean().item(),
         "t2i ITC": recall_at_k(itc.t()[:n], relevant.t()[:n], (1,))["R@1"],
         "t2i ITC+ITM": recall_at_k(text_to_image[:n], relevant.t()[:n], (1,))["R@1"],
     }
