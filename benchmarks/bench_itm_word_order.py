@@ -27,8 +27,8 @@ ITM log-odds) and recall@1 over the test captions and their swaps together (a hi
 a scene with the same labels; a swap is never one), for ITC alone and for ITC's top ``--k``
 re-ranked by ITM's log-odds.
 
-With ``--stage2-steps N`` it also asks whether stage 1 gives stage 2 a head start (notebook 17,
-section 6): a tiny LM pretrained on the training captions (``--lm-steps``, the recipe's 1,200 by
+With ``--stage2-steps N`` it also asks whether stage 1 gives stage 2 a head start (notebook
+18): a tiny LM pretrained on the training captions (``--lm-steps``, the recipe's 1,200 by
 default), then stage 2 for N steps twice, from the Q-Former after stage 1 and from the one stage 1
 started from, and for each the LM's loss on the test captions (nats per token) and the share of test
 pictures whose caption it finds likelier than the swap. ``--stage2-frozen`` keeps both Q-Formers

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from clipedu import CLIP, preset
+from clipedu import CLIP, preset, runs
 from clipedu import blip2 as b2
 from clipedu.data import ShapesWorld, build_tokenizer
 from clipedu.exercises import nb17
@@ -185,3 +185,40 @@ def test_itm_floor_is_the_minimum_over_p():
         loss = (-torch.log(ps) - m * torch.log(1 - ps)) / pairs_
         assert nb17.itm_floor(pairs_, m) == pytest.approx(loss.min().item(), abs=1e-6)
     assert nb17.itm_floor(3, 0) == 0.0
+
+
+def test_word_order_stage1_is_seeded_kept_and_loaded_whatever_ran_before(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = ShapesWorld(num_objects=2).generate(40, "train")
+        tokenizer = build_tokenizer(data)
+        torch.manual_seed(0)
+        tower = CLIP(runs.model_config(preset("tiny", **runs.PAIR_NARROW), tokenizer))  # notebook 07's pair sizes
+        encoder = b2.FrozenImageEncoder.from_clip(tower)
+        features = b2.encode_dataset(encoder, data)
+        args = (encoder, tower.text, tokenizer, data, features)
+        first = b2.word_order_stage1(*args, seed=3, steps=2, mode="fast", device="cpu")
+        assert (first.out_dir / "checkpoint.pt").exists() and first.out_dir.parent == tmp_path
+        assert first.out_dir.name.startswith("shapes2-word-order-stage1-") and first.out_dir.name.endswith("-fast")
+        assert first.options == {"swapped_negatives": True, "itm_weight": 3.0}
+        assert first.train_config.steps == 2 and first.train_config.seed == 3
+        # where it started: a Q-Former drawn after manual_seed(3), then the text tower's weights
+        torch.manual_seed(3)
+        start = b2.Blip2Stage1(b2.Blip2Recipe.for_mode("fast").qformer_config(tokenizer, encoder.width), encoder)
+        start.qformer.init_from_text_encoder(tower.text)
+        for key, value in start.qformer.state_dict().items():
+            torch.testing.assert_close(first.start_qformer.state_dict()[key], value, msg=key)
+        trained = first.model.qformer.state_dict()
+        assert any(not torch.equal(trained[k], v) for k, v in start.qformer.state_dict().items())  # stage 1 ran
+        torch.manual_seed(123)  # whatever ran before, the same call finds the same run and loads it
+        torch.rand(5)
+        again = b2.word_order_stage1(*args, seed=3, steps=2, mode="fast", device="cpu")
+        assert again.out_dir == first.out_dir
+        for key, value in trained.items():
+            assert torch.equal(again.model.qformer.state_dict()[key], value), key
+        other = b2.word_order_stage1(*args, seed=4, steps=2, mode="fast", device="cpu")
+        assert other.out_dir != first.out_dir  # another seed draws another start: another run
+    finally:
+        torch.set_num_threads(before)

@@ -61,12 +61,14 @@ from clipedu.blip2.training import (
     LanguageModelPretraining,
     Stage1Training,
     Stage2Training,
+    WordOrderStage1,
     attribute_keys,
     encode_dataset,
     pretrain_language_model,
     stage_config,
     train_stage1,
     train_stage2,
+    word_order_stage1,
 )
 
 __all__ = [
@@ -82,5 +84,5 @@ __all__ = [
     "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage2_from_starts", "stage_config",
     "train_stage1", "train_stage2",
     "swap_margins", "swap_relevance", "unimodal_mask", "with_text_padding", "word_order_comparison",
-    "word_order_mistakes",
+    "word_order_mistakes", "WordOrderStage1", "word_order_stage1",
 ]

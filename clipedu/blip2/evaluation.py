@@ -231,7 +231,7 @@ def word_order_comparison(model: Blip2Stage1, features: torch.Tensor, data: Capt
 @torch.no_grad()
 def captioner_word_order(captioner: Blip2Captioner, features: torch.Tensor, data: CaptionedImages, tokenizer
                          ) -> dict[str, float]:
-    """A stage-2 captioner on held-out two-object scenes (notebook 17, section 6):
+    """A stage-2 captioner on held-out two-object scenes (notebook 18):
 
     - ``loss``: the frozen LM's loss on each picture's first caption after its soft prompt, in nats per
       token (stage 2's own loss, on pictures it did not train on);
@@ -254,7 +254,7 @@ def stage2_from_starts(
     features: torch.Tensor, data: CaptionedImages, test_features: torch.Tensor, test_data: CaptionedImages,
     tokenizer, cfg, device=None, train_qformer: bool = True,
 ) -> dict[str, tuple]:
-    """Stage 2 once from each start, alike in all else (notebook 17, section 6): whether stage 1
+    """Stage 2 once from each start, alike in all else (notebook 18): whether stage 1
     gives stage 2 a head start is a comparison of two such runs.
 
     ``starts`` maps a name to a (Q-Former, ``ln_vision``) pair; each run trains a copy of its pair

@@ -12,7 +12,8 @@ then costs nothing for the encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,9 +29,11 @@ from clipedu.blip2.language_model import (
     pretraining_offsets,
 )
 from clipedu.blip2.objectives import Blip2Stage1, duplicate_caption_positives, positives_from_keys
-from clipedu.blip2.qformer import QFormerConfig
+from clipedu.blip2.qformer import QFormer, QFormerConfig
 from clipedu.data import CaptionedImages, DeviceLoader, to_float
 from clipedu.loop import History, Loop, TrainConfig
+from clipedu.runs import keyed_run_dir
+from clipedu.runtime import pick_device
 
 
 def stage_config(steps: int, batch_size: int = 64, lr: float = 1e-3, **overrides) -> TrainConfig:
@@ -269,3 +272,41 @@ class Blip2Recipe:
 
     def lm_config(self, tokenizer) -> LMConfig:
         return LMConfig.for_tokenizer(tokenizer, width=self.lm_width, layers=self.lm_layers, heads=self.lm_heads)
+
+
+# --- notebook 17's stage 1, kept for notebook 18 ------------------------------------------------------------
+@dataclass
+class WordOrderStage1:
+    """Notebook 17's stage 1, as :func:`word_order_stage1` trained or loaded it."""
+
+    model: Blip2Stage1  # after stage 1
+    start_qformer: QFormer  # a copy of the Q-Former where stage 1 started (the text tower's weights)
+    history: History
+    train_config: TrainConfig
+    options: dict  # the stage-1 options beside the config: the swaps as ITM's fourth pair, the ITM weight
+    out_dir: Path
+
+
+def word_order_stage1(encoder: FrozenImageEncoder, text_tower, tokenizer, data: CaptionedImages,
+                      features: torch.Tensor, *, seed: int = 0, steps: int = 1500, mode: str | None = None,
+                      device=None, progress: bool = False) -> WordOrderStage1:
+    """Notebook 17's stage 1 (two-object scenes, the swaps as ITM's fourth pair, ITM weighted 3x),
+    trained once and kept: notebook 18 loads the same run. Its Q-Former has notebook 11's fast-mode
+    sizes in every mode, is drawn after ``torch.manual_seed(seed)`` (so the run does not depend on
+    what ran before) and starts from ``text_tower``'s weights
+    (:meth:`~clipedu.blip2.qformer.QFormer.init_from_text_encoder`); ``features`` are ``encoder``'s
+    tokens for ``data``. The run folder is :func:`~clipedu.runs.keyed_run_dir` of everything the run
+    depends on, so a second call with the same inputs only loads."""
+    device = torch.device(device) if device is not None else pick_device()
+    recipe = Blip2Recipe.for_mode("fast")
+    torch.manual_seed(seed)
+    model = Blip2Stage1(recipe.qformer_config(tokenizer, encoder.width), encoder).to(device).eval()
+    model.qformer.init_from_text_encoder(text_tower)
+    start_qformer = copy.deepcopy(model.qformer)
+    train_config = replace(recipe.stage1, steps=steps, warmup_steps=None, seed=seed)
+    options = dict(swapped_negatives=True, itm_weight=3.0)
+    out_dir = keyed_run_dir("shapes2", "word-order-stage1", model, data.images, data.captions, data.hard_negatives,
+                            train_config, options, mode=mode)
+    history = train_stage1(model, features, data, tokenizer, train_config, device, progress=progress,
+                           out_dir=out_dir, resume="auto", **options)
+    return WordOrderStage1(model, start_qformer, history, train_config, options, out_dir)
