@@ -144,4 +144,3 @@ def test_pair_recipes_follow_the_mode_and_pair_models_fine_tunes_from_the_plain_
     plain, negclip = runs.pair_models("fast", data="the scenes")
     assert (plain, negclip) == ("run 1", "run 2")
     assert calls == [("shapes2", "narrow", 600, None), ("shapes2", "narrow-negclip", 250, "run 1")]
-
