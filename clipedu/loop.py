@@ -282,7 +282,7 @@ class Loop:
         main = self.dist.is_main  # under DDP, rank 0 alone shows progress, logs, evaluates and saves
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc=self.name, unit="step")
         start = time.perf_counter()
-        seconds_before = self.history.seconds
+        seconds_before, step_before = self.history.seconds, self.step
         window_start, window_examples = time.perf_counter(), 0
         batches = self.loader.forever()
         try:
@@ -316,9 +316,10 @@ class Loop:
                 bar.update(1)
         finally:
             bar.close()
-        self.history.seconds = seconds_before + time.perf_counter() - start
-        if self.out_dir is not None:
-            self.save()
+        if self.step != step_before:  # a finished run that only loaded keeps its seconds, its file untouched
+            self.history.seconds = seconds_before + time.perf_counter() - start
+            if self.out_dir is not None:
+                self.save()
         barrier()  # no process returns (and reads the checkpoint, or exits) before rank 0 is done
         self.model.eval()
         return self.history

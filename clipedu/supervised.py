@@ -110,7 +110,7 @@ def train_classifier(
     cfg: TrainConfig | None = None,
     device: str | torch.device | None = None,
     out_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
 ) -> History:
     """Train ``model`` (images -> (B, K) logits) to predict ``data.labels[attribute]``.
@@ -118,7 +118,8 @@ def train_classifier(
     The same recipe as the CLIP loop, with labels instead of captions: AdamW with decay on
     matrices only, a linear warm-up then cosine decay, gradient clipping, mixed precision where
     the hardware has it, batches from a :class:`DeviceLoader` (whose ``batch.index`` says which
-    labels to read), checkpoints in ``out_dir``. ``cfg`` defaults to :func:`classifier_config`.
+    labels to read), checkpoints in ``out_dir`` (``resume="auto"``: a finished run there only loads,
+    as notebook 15 keeps its fine-tuning runs). ``cfg`` defaults to :func:`classifier_config`.
     The history logs ``loss``, ``accuracy`` (on the batch just trained on) and ``lr``. The model is
     left in eval mode.
     """

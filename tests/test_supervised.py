@@ -83,6 +83,26 @@ def test_the_classifier_resumes_exactly_from_its_checkpoint(data, tmp_path):
     assert resumed.loss == full.loss and resumed.accuracy == full.accuracy
 
 
+def test_a_finished_run_only_loads_with_resume_auto(data, tmp_path, monkeypatch):
+    cfg = classifier_config(steps=4, batch_size=32, log_every=1)
+    trained = _model()
+    first = train_classifier(trained, data, "shape", cfg, device="cpu", out_dir=tmp_path, resume="auto", progress=False)
+    assert first.seconds > 0
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def no_step(self, batch):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(ClassifierLoop, "train_step", no_step)
+    loaded = _model()
+    torch.nn.init.zeros_(loaded.head.weight)  # other weights than the run's: loading must replace them
+    again = train_classifier(loaded, data, "shape", cfg, device="cpu", out_dir=tmp_path, resume="auto", progress=False)
+    assert again.seconds == first.seconds and again.loss == first.loss  # the seconds the run took, kept
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved  # loading never writes the file again
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_fit_head_is_a_deterministic_probe_on_frozen_features():
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 10, generator=g) * 3
