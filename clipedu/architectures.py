@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipedu.attention import prefix_mask
+from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, fingerprint, load_checkpoint, save_checkpoint
 from clipedu.data.base import to_float
 from clipedu.data.shapes import ShapesWorld
 from clipedu.patches import PatchEmbedding
@@ -408,11 +410,15 @@ class ArchitectureRun:
 
 def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: int = 128, lr: float = 2e-3,
                        cfg: ArchitectureConfig | None = None, seed: int = 0, device=None,
-                       mix: dict[str, float] | None = None) -> ArchitectureRun:
+                       mix: dict[str, float] | None = None, keep_in: str | Path | None = None) -> ArchitectureRun:
     """Train one architecture on the tasks it suits, drawn at random from ``data``: AdamW, a
     warm-up over a tenth of the steps, then cosine decay; gradients clipped at norm 1.
 
     ``mix``: task -> share of each batch (the tasks the architecture suits; by default equal shares).
+    ``keep_in``: a folder to keep the run in (notebook 16 gives one in its runs folder). The run is
+    saved in a subfolder named by everything it depends on (the architecture, its starting weights,
+    the training data and every setting above), and a second call with the same inputs loads it,
+    its losses and its training time, instead of training again.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -427,6 +433,13 @@ def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: i
     torch.manual_seed(seed)
     model = build(kind, cfg).to(device)
     data = data.only(*tasks)
+    saved = None
+    if keep_in is not None:
+        settings = dict(kind=kind, steps=steps, batch_size=batch_size, lr=lr, mix=mix, seed=seed)
+        key = fingerprint(model, data.pictures, data.task, data.prompts, data.targets, settings)
+        saved = Path(keep_in) / f"{kind}-{key}" / CHECKPOINT_NAME
+        if saved.exists():
+            return _load_architecture_run(saved, model, kind, steps)
     images, prompts, targets = data.pictures.to(device), data.prompts.to(device), data.targets.to(device)
     optimizer = make_optimizer(parameter_groups(model, 0.05), lr, (0.9, 0.98), 1e-6, device)
     scheduler = make_scheduler(optimizer, max(1, steps // 10), steps)
@@ -447,7 +460,21 @@ def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: i
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-    return ArchitectureRun(model.eval(), losses, time.perf_counter() - start, steps)
+    run = ArchitectureRun(model.eval(), losses, time.perf_counter() - start, steps)
+    if saved is not None:  # written atomically: an interrupted save never leaves a run to load
+        save_checkpoint(saved, {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(cfg), "steps": steps,
+                                "model": model.state_dict(), "losses": losses, "seconds": run.seconds})
+    return run
+
+
+def _load_architecture_run(path: Path, model: _Reader, kind: str, steps: int) -> ArchitectureRun:
+    """A run :func:`train_architecture` kept, into ``model`` (built as that run's was)."""
+    state = load_checkpoint(path)
+    if state.get("kind") != kind or state.get("steps") != steps:
+        raise ValueError(f"{path} holds a run of {state.get('kind')!r} for {state.get('steps')} steps, "
+                         f"not {kind!r} for {steps}; delete the folder to train again")
+    model.load_state_dict(state["model"])
+    return ArchitectureRun(model.eval(), list(state["losses"]), float(state["seconds"]), steps)
 
 
 @torch.no_grad()

@@ -192,6 +192,37 @@ def test_training_errors(tasks):
         A.train_architecture("encoder-only", tasks, steps=1, mix={"caption": 1.0})  # nothing it suits
 
 
+def test_a_kept_run_trains_once_then_loads(tasks, tmp_path, monkeypatch):
+    kw = dict(steps=3, batch_size=8, cfg=small_cfg(tasks), keep_in=tmp_path)
+    first = A.train_architecture("prefix-LM", tasks, **kw)
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("prefix-LM-") and (folder / "checkpoint.pt").exists()
+
+    def no_training(*args):
+        raise AssertionError("a kept run was trained again")
+
+    monkeypatch.setattr(A, "task_loss", no_training)
+    again = A.train_architecture("prefix-LM", tasks, **kw)
+    assert again.losses == first.losses and again.seconds == first.seconds and again.steps == 3
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not again.model.training
+    monkeypatch.undo()
+    A.train_architecture("prefix-LM", tasks, **{**kw, "steps": 4})  # another setting: another folder
+    A.train_architecture("prefix-LM", tasks, **kw, seed=1)  # other starting weights: another folder
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_kept_run_of_another_architecture_is_a_clear_error(tasks, tmp_path):
+    kw = dict(steps=2, batch_size=8, cfg=small_cfg(tasks), keep_in=tmp_path)
+    A.train_architecture("prefix-LM", tasks, **kw)
+    (folder,) = tmp_path.iterdir()
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "kind": "decoder-only"}, folder / "checkpoint.pt")  # a folder renamed by hand
+    with pytest.raises(ValueError, match="holds a run of 'decoder-only' for 2 steps, not 'prefix-LM' for 2"):
+        A.train_architecture("prefix-LM", tasks, **kw)
+
+
 def test_mix_sets_the_share_of_each_task(tasks, monkeypatch):
     seen = []
     original = A.task_loss
