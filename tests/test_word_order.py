@@ -142,6 +142,28 @@ def test_stage2_from_starts_trains_copies_alike_in_all_but_the_start(pairs):
         b2.stage2_from_starts({}, lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
 
 
+def test_stage2_from_starts_keeps_its_runs_and_loads_them(pairs, tmp_path, monkeypatch):
+    data, tokenizer, model, features = pairs
+    torch.manual_seed(1)
+    lm = b2.freeze_(b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16, layers=1, heads=2)))
+    cfg = b2.stage_config(steps=4, batch_size=4, lr=1e-2, seed=3)
+    starts = {"after stage 1": (model.qformer, model.ln_vision)}
+    args = (lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
+    first = b2.stage2_from_starts(starts, *args, train_qformer=False, keep_in=tmp_path)["after stage 1"]
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("after-stage-1-") and (folder / "checkpoint.pt").exists()
+
+    def no_step(self, batch):
+        raise AssertionError("a kept stage-2 run trained again")
+
+    monkeypatch.setattr(b2.Stage2Training, "train_step", no_step)
+    again = b2.stage2_from_starts(starts, *args, train_qformer=False, keep_in=tmp_path)["after stage 1"]
+    assert again[0].loss == first[0].loss and again[1] == first[1]  # the same run and the same scores
+    monkeypatch.undo()
+    b2.stage2_from_starts(starts, *args, keep_in=tmp_path)  # the Q-Former trained too: another run, another folder
+    assert len(list(tmp_path.iterdir())) == 2
+
+
 def test_stage2_from_starts_with_the_qformer_frozen_trains_lm_proj_alone(pairs):
     data, tokenizer, model, features = pairs
     torch.manual_seed(1)

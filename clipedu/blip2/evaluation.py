@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from clipedu.blip2.language_model import TinyLM
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
 from clipedu.blip2.qformer import QFormer
 from clipedu.blip2.training import attribute_keys, train_stage2
+from clipedu.checkpoint import fingerprint
 from clipedu.data import CaptionedImages
 from clipedu.data.grammar import parse_caption
 
@@ -252,7 +254,7 @@ def captioner_word_order(captioner: Blip2Captioner, features: torch.Tensor, data
 def stage2_from_starts(
     starts: Mapping[str, tuple[QFormer, nn.LayerNorm]], language_model: TinyLM, image_encoder: FrozenImageEncoder,
     features: torch.Tensor, data: CaptionedImages, test_features: torch.Tensor, test_data: CaptionedImages,
-    tokenizer, cfg, device=None, train_qformer: bool = True,
+    tokenizer, cfg, device=None, train_qformer: bool = True, keep_in: str | Path | None = None,
 ) -> dict[str, tuple]:
     """Stage 2 once from each start, alike in all else (notebook 18): whether stage 1
     gives stage 2 a head start is a comparison of two such runs.
@@ -261,8 +263,9 @@ def stage2_from_starts(
     (the originals are left as they were) in front of the same frozen ``language_model``, with the
     same ``lm_proj`` (drawn after ``torch.manual_seed(cfg.seed)``), steps, batches and seed. With
     ``train_qformer=False`` the copies stay frozen and only ``lm_proj`` learns: the LM then reads
-    only what the queries already carry. Returns {name: (the run's History,
-    :func:`captioner_word_order` on the test data)}."""
+    only what the queries already carry. ``keep_in``: a folder to keep the runs in, each in a
+    subfolder named by everything it depends on (a second call with the same inputs loads them).
+    Returns {name: (the run's History, :func:`captioner_word_order` on the test data)}."""
     if not starts:
         raise ValueError("give at least one start: {name: (qformer, ln_vision)}")
     results = {}
@@ -273,7 +276,13 @@ def stage2_from_starts(
         if not train_qformer:
             freeze_(captioner.qformer)
             freeze_(captioner.ln_vision)
-        history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False)
+        folder = None
+        if keep_in is not None:
+            safe = "".join(ch if ch.isalnum() else "-" for ch in name)
+            key = fingerprint(captioner, features, data.captions, cfg, train_qformer)
+            folder = Path(keep_in) / f"{safe}-{key}"
+        history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False, out_dir=folder,
+                               resume="auto" if folder is not None else False)
         results[name] = history, captioner_word_order(captioner, test_features, test_data, tokenizer)
     return results
 
