@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.blip2.language_model import LMConfig, TinyLM, caption_labels, lm_loss
+from clipedu.blip2.language_model import IGNORE_INDEX, LMConfig, TinyLM, caption_labels, lm_loss
 from clipedu.data import ShapesWorld, build_tokenizer
 from clipedu.exercises import Exercise, as_number, prediction
 
@@ -98,12 +98,12 @@ def _check_without_picture(fn) -> str | None:
         expected = loss_without_picture(lm, tokens).item()
         with_padding = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:]).item()
         unshifted = F.cross_entropy(logits.transpose(1, 2), caption_labels(tokens, lm.cfg.pad_token_id),
-                                    ignore_index=-100).item()
+                                    ignore_index=IGNORE_INDEX).item()
     if got is None:
         return "my_experiment(lm, tokens) should return one number (a 0-dim tensor or a float)."
     if abs(got - with_padding) < 1e-5:
         return ("the loss counts the padding after <eot> too; caption_labels(tokens, lm.cfg.pad_token_id) marks "
-                "what to skip (-100), and lm_loss skips it.")
+                "what to skip (IGNORE_INDEX, -100), and lm_loss skips it.")
     if abs(got - unshifted) < 1e-5:
         return ("position i predicts the token at i + 1: compare logits[:, :-1] with labels[:, 1:] (lm_loss does "
                 "the shift), not each position with its own token.")
@@ -132,7 +132,7 @@ without_picture = Exercise(
     mistakes=[
         (lambda: lambda lm, t: F.cross_entropy(lm(t)[:, :-1].transpose(1, 2), t[:, 1:]), "padding"),
         (lambda: lambda lm, t: F.cross_entropy(lm(t).transpose(1, 2), caption_labels(t, lm.cfg.pad_token_id),
-                                               ignore_index=-100), "predicts the token at i + 1"),
+                                               ignore_index=IGNORE_INDEX), "predicts the token at i + 1"),
         (lambda: lambda lm, t: loss_without_picture(lm, t) + 0.2, "should be"),
     ],
     success="the floor of what a prompt must beat: a stage-2 run whose test loss is no lower passes on nothing "
