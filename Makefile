@@ -4,6 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clipedu-installed
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# The test rounds run JOBS files at once (pytest-xdist, each file whole on one worker, in the order
+# given), each worker's torch on THREADS threads: two notebooks on one thread each keep two cores
+# busier than one on two (small models, Python between the steps). JOBS=1 runs them one by one, on
+# torch's own thread count.
+# A run two notebooks need (the course's mini-CLIP) is trained once: the second waits on its lock.
+JOBS    ?= 2
+THREADS ?= $(if $(filter 1,$(JOBS)),,1)
+PARALLEL := $(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
+TORCH_THREADS := $(if $(THREADS),OMP_NUM_THREADS=$(THREADS))
 
 .PHONY: venv lab test test-unit test-notebooks bench bench-cpu bench-seeds student test-browser lint clean colab-links test-student site test-site
 
@@ -23,14 +32,14 @@ lab: venv  ## open JupyterLab on the notebooks
 # `make site` renders those instead of executing the notebooks again.
 EXECUTED := build/executed
 
-test: venv  ## unit tests, then every notebook top to bottom (fast mode)
-	CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest tests notebooks $(NBVAL)
+test: venv  ## every notebook top to bottom (fast mode) and the unit tests, two files at once
+	$(TORCH_THREADS) CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest notebooks tests $(NBVAL) $(PARALLEL)
 
 test-unit: venv
-	CLIPEDU_FAST=1 $(PY) -m pytest tests
+	$(TORCH_THREADS) CLIPEDU_FAST=1 $(PY) -m pytest tests $(PARALLEL)
 
 test-notebooks: venv
-	CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest notebooks $(NBVAL)
+	$(TORCH_THREADS) CLIPEDU_FAST=1 CLIPEDU_SAVE_EXECUTED=$(EXECUTED) $(PY) -m pytest notebooks $(NBVAL) $(PARALLEL)
 
 site: venv  ## the course as HTML in build/site/ (Jupyter Book), from the notebooks `make test` ran
 	$(PY) -c "import jupyter_book" 2>/dev/null || $(PY) -m pip install -e ".[site]"
@@ -47,6 +56,9 @@ VENV_MIN   ?= .venv-min
 PY_MIN     := $(VENV_MIN)/bin/python
 STAMP_MIN  := $(VENV_MIN)/.clipedu-installed
 
+.PHONY: venv-min
+venv-min: $(STAMP_MIN)  ## create .venv-min, every runtime dependency at its floor
+
 $(STAMP_MIN): pyproject.toml tests/floors.py
 	test -x $(PY_MIN) || $(PYTHON_MIN) -m venv $(VENV_MIN)
 	$(PY_MIN) tests/floors.py requirements > $(VENV_MIN)/floors.txt
@@ -61,7 +73,7 @@ TOOL_TESTS := course site student lab packaging gpu_round
 .PHONY: test-min
 test-min: $(STAMP_MIN)  ## unit tests and notebooks 00 and 05 with the oldest versions pyproject.toml allows
 	$(PY_MIN) tests/floors.py check
-	CLIPEDU_FAST=1 $(PY_MIN) -m pytest tests notebooks/00_*.ipynb notebooks/05_*.ipynb $(NBVAL) \
+	$(TORCH_THREADS) CLIPEDU_FAST=1 $(PY_MIN) -m pytest notebooks/00_*.ipynb notebooks/05_*.ipynb tests $(NBVAL) $(PARALLEL) \
 		$(foreach t,$(TOOL_TESTS),--ignore=tests/test_$(t).py)
 
 test-browser: venv  ## the widgets of notebook 05 in JupyterLab + headless Chromium (needs apt's chromium)
@@ -74,7 +86,7 @@ student:  ## student/: the student versions (solutions replaced by stubs), commi
 # The committed student/ as it is; `course.py check` first fails on a stale one (run `make student`).
 test-student: venv  ## the student versions under nbval (stubbed exercise cells may raise); NB=00 01 for some
 	$(PY) tools/course.py check
-	CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),student/$(n)_*.ipynb),student) $(NBVAL)
+	$(TORCH_THREADS) CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),student/$(n)_*.ipynb),student) $(NBVAL) $(PARALLEL)
 
 bench: venv  ## speed and quality tables (never part of the tests)
 	$(PY) benchmarks/bench_model.py

@@ -8,9 +8,12 @@ ours; anything else is refused with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +34,46 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_held = threading.local()  # the run folders this thread holds (run_lock is re-entrant)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold a run folder for the length of a ``with`` block: another process, or another thread,
+    asking for the same folder waits until this one lets go.
+
+    :func:`clipedu.runs.train_or_load` holds it from looking for a finished checkpoint to writing
+    the last one, so two notebooks open at once (or the tests on two workers) that both need the
+    course's mini-CLIP train it once: the second waits, then finds the run finished and loads it.
+    The lock is an exclusive ``flock`` on a file beside the folder, ``.<name>.lock``, and ends with
+    the process that held it, however that ends. A thread may take the same folder again inside
+    the block. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    folder = Path(folder).resolve()
+    held = _held.__dict__.setdefault("folders", set())
+    if folder in held:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is training {folder} ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        held.add(folder)
+        try:
+            yield
+        finally:
+            held.discard(folder)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clipedu.checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint
+from clipedu.checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint, run_lock
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, preset
 from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
@@ -187,6 +187,9 @@ def train_or_load(
     :func:`run_dir` of ``(dataset, name or the preset name)``, so every notebook that needs the
     course's mini-CLIP finds the one notebook 06 trained. A run folder that holds another model
     config is refused unless ``retrain=True``, which trains anew over it.
+
+    Two processes asking for the same run at once (two notebooks open, the tests on two workers)
+    train it once: the second waits on :func:`~clipedu.checkpoint.run_lock`, then loads it.
     """
     if not isinstance(model, str) and train_config is None:
         raise ValueError("a model config needs a train_config (recipes are per preset: default_train_config('tiny'))")
@@ -196,27 +199,28 @@ def train_or_load(
     device = torch.device(device) if device is not None else pick_device()
     train_config = train_config or default_train_config(model, mode=mode)
     out_dir = Path(out_dir) if out_dir is not None else run_dir(dataset, name or model, mode=mode)
-    checkpoint = out_dir / CHECKPOINT_NAME
-    tokenizer = init.tokenizer if init is not None else None
     if init is not None and init.model.cfg != model_config(model, init.tokenizer):
         raise ValueError("init is a run of another model config than the one asked for; "
                          f"it has {init.model.cfg}")
-    resume = checkpoint.exists() and not retrain
-    if resume:
-        trained, tokenizer, state = model_from_checkpoint(checkpoint, device)
-        if trained.cfg != model_config(model, tokenizer):
-            raise ValueError(f"{out_dir} holds a run of another model config than the one asked for; "
-                             "pass retrain=True to train it anew there, or choose another name or out_dir")
-        if state["step"] >= train_config.steps:
-            saved = TrainConfig.from_dict(state["train_config"])
-            return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
-    data = data if data is not None else training_data(dataset, mode=mode)
-    trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,
-                          eval_fn=eval_fn)
-    if init is not None and not resume:  # a resumed run has its own weights in the checkpoint
-        trainer.model.load_state_dict(init.model.state_dict())
-    history = trainer.fit(resume=resume, progress=progress, callback=callback)
-    return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    with run_lock(out_dir):  # a second process asking for this run waits, then loads it
+        tokenizer = init.tokenizer if init is not None else None
+        resume = checkpoint.exists() and not retrain
+        if resume:
+            trained, tokenizer, state = model_from_checkpoint(checkpoint, device)
+            if trained.cfg != model_config(model, tokenizer):
+                raise ValueError(f"{out_dir} holds a run of another model config than the one asked for; "
+                                 "pass retrain=True to train it anew there, or choose another name or out_dir")
+            if state["step"] >= train_config.steps:
+                saved = TrainConfig.from_dict(state["train_config"])
+                return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
+        data = data if data is not None else training_data(dataset, mode=mode)
+        trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,
+                              eval_fn=eval_fn)
+        if init is not None and not resume:  # a resumed run has its own weights in the checkpoint
+            trainer.model.load_state_dict(init.model.state_dict())
+        history = trainer.fit(resume=resume, progress=progress, callback=callback)
+        return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
 
 
 # Notebook 07's pair models: a mini-CLIP trained on two-object scenes, then fine-tuned with each

@@ -1,9 +1,13 @@
 """Runs: train once, load everywhere; a model config or a preset name; the run folder's name."""
 
+import threading
+import time
+
 import pytest
 import torch
 
 from clipedu import preset, runs
+from clipedu.checkpoint import run_lock
 from clipedu.data import ShapesWorld
 from clipedu.loop import TrainConfig
 from clipedu.runs import (
@@ -35,6 +39,49 @@ def test_train_or_load_loads_the_finished_run(tmp_path, data):
     longer = train_or_load("shapes", "tiny", TrainConfig(steps=3, batch_size=32, warmup_steps=0), out_dir=tmp_path,
                            data=data, device="cpu", progress=False)
     assert not longer.loaded and longer.history.step[-1] == 3 and longer.history.loss[:2] == first.history.loss
+
+
+def test_two_callers_of_one_run_train_it_once(tmp_path, data):
+    # The second caller arrives while the first is training (its callback holds each step open a
+    # moment): it waits on the folder's lock, then loads the finished run instead of training it too.
+    cfg = TrainConfig(steps=3, batch_size=32, warmup_steps=0, log_every=1)
+    started, results = threading.Event(), {}
+
+    def slow(loop):
+        started.set()
+        time.sleep(0.3)
+
+    def ask(who, callback=None):
+        results[who] = train_or_load("shapes", "tiny", cfg, out_dir=tmp_path / "run", data=data, device="cpu",
+                                     progress=False, callback=callback)
+
+    first = threading.Thread(target=ask, args=("first", slow))
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=ask, args=("second",))
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert not results["first"].loaded and results["second"].loaded
+    assert results["second"].history.loss == results["first"].history.loss
+    for k, v in results["first"].model.state_dict().items():
+        assert torch.equal(v, results["second"].model.state_dict()[k])
+
+
+def test_run_lock_is_reentrant_in_a_thread_and_leaves_the_folder_alone(tmp_path):
+    done = threading.Event()
+
+    def nested():
+        with run_lock(tmp_path / "run"), run_lock(tmp_path / "run"):  # a second open would wait forever
+            done.set()
+
+    worker = threading.Thread(target=nested, daemon=True)
+    worker.start()
+    assert done.wait(10), "run_lock waited on the lock its own thread holds"
+    worker.join(10)
+    assert [p.name for p in tmp_path.iterdir()] == [".run.lock"]  # beside the run folder, not in it
+    with run_lock(tmp_path / "run"):  # let go: free to take again
+        pass
 
 
 def test_a_model_config_trains_under_its_own_name(tmp_path, data, monkeypatch):
