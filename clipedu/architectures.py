@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipedu.attention import prefix_mask
-from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, fingerprint, load_checkpoint, save_checkpoint
+from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, keyed_folder, load_checkpoint, save_checkpoint
 from clipedu.data.base import to_float
 from clipedu.data.shapes import ShapesWorld
 from clipedu.patches import PatchEmbedding
@@ -436,8 +436,8 @@ def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: i
     saved = None
     if keep_in is not None:
         settings = dict(kind=kind, steps=steps, batch_size=batch_size, lr=lr, mix=mix, seed=seed)
-        key = fingerprint(model, data.pictures, data.task, data.prompts, data.targets, settings)
-        saved = Path(keep_in) / f"{kind}-{key}" / CHECKPOINT_NAME
+        saved = keyed_folder(keep_in, kind, model, data.pictures, data.task, data.prompts, data.targets,
+                             settings) / CHECKPOINT_NAME
         if saved.exists():
             return _load_architecture_run(saved, model, kind, steps)
     images, prompts, targets = data.pictures.to(device), data.prompts.to(device), data.targets.to(device)

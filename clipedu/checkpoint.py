@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 CHECKPOINT_FORMAT = "clipedu-checkpoint-1"
@@ -37,6 +38,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 _held = threading.local()  # the run folders this thread holds (run_lock is re-entrant)
+WAITING = "waiting for another process that is training"  # what run_lock prints when it has to wait
 
 
 @contextlib.contextmanager
@@ -49,12 +51,17 @@ def run_lock(folder: str | Path) -> Iterator[None]:
     course's mini-CLIP train it once: the second waits, then finds the run finished and loads it.
     The lock is an exclusive ``flock`` on a file beside the folder, ``.<name>.lock``, and ends with
     the process that held it, however that ends. A thread may take the same folder again inside
-    the block. Where ``fcntl`` is missing (Windows) nothing is locked.
+    the block. Nothing is locked where ``fcntl`` is missing (Windows), nor in the processes of a
+    data-parallel run (``torchrun`` sets ``WORLD_SIZE``): every rank opens the same run, and a rank
+    waiting on the lock while the holder waits on it in a collective would never go on.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no flock
         yield
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (dist.is_available() and dist.is_initialized()):
+        yield  # the processes of one data-parallel run share its folder by design and wait on each other
         return
     folder = Path(folder).resolve()
     held = _held.__dict__.setdefault("folders", set())
@@ -66,7 +73,7 @@ def run_lock(folder: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process that is training {folder} ...", flush=True)
+            print(f"{WAITING} {folder} ...", flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
         held.add(folder)
         try:
@@ -100,7 +107,8 @@ def fingerprint(*parts, length: int = 12) -> str:
 
     ``parts`` may be modules (their weights), tensors, dataclasses (a config), dicts, lists, tuples,
     strings, numbers, bools and ``None``. The same parts give the same name on any machine; change
-    one weight or one setting and the name changes, so a saved run is never reused for another.
+    one weight or one setting, or freeze a parameter, and the name changes, so a saved run is never
+    reused for another.
     """
     if not isinstance(length, int) or not 1 <= length <= 64:
         raise ValueError(f"length must be an int from 1 to 64 hex digits, got {length!r}")
@@ -110,9 +118,25 @@ def fingerprint(*parts, length: int = 12) -> str:
     return digest.hexdigest()[:length]
 
 
+def keyed_folder(parent: str | Path, name: str, *parts) -> Path:
+    """``parent/<name>-<fingerprint of parts>``: the folder of a run named by everything it depends
+    on (its starting weights, its data, its settings), every character of ``name`` that is not a
+    letter or digit made a dash. With ``resume="auto"`` the run trains once and then only loads, and
+    a changed input never meets a stale run: it gets another folder.
+    :func:`clipedu.runs.keyed_run_dir` is this under the runs folder."""
+    if not parts:
+        raise ValueError("give what the run depends on (its starting model, data, configs) to name its folder by")
+    safe = "".join(ch if ch.isalnum() else "-" for ch in name)
+    return Path(parent) / f"{safe}-{fingerprint(*parts)}"
+
+
 def _feed(digest, part) -> None:
     if isinstance(part, nn.Module):
-        part = part.state_dict()
+        # A state dict does not say which weights train: the frozen ones' names go in too, so a
+        # run with a frozen part is never loaded for the same weights trained whole (or the other
+        # way round). A module with every parameter trainable is named by its state dict alone.
+        frozen = [name for name, p in part.named_parameters() if not p.requires_grad]
+        part = {"state_dict": part.state_dict(), "frozen": frozen} if frozen else part.state_dict()
     if isinstance(part, torch.Tensor):
         t = part.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors too (a logit scale)
         digest.update(f"tensor{t.dtype}{tuple(part.shape)}:".encode())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clipedu.checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint, run_lock
+from clipedu.checkpoint import CHECKPOINT_NAME, keyed_folder, load_checkpoint, run_lock
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, preset
 from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
@@ -111,13 +111,11 @@ def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = Non
 
 
 def keyed_run_dir(dataset: str, name: str, *parts, mode: str | None = None) -> Path:
-    """A run folder named by everything the run depends on: ``name`` and the
-    :func:`~clipedu.checkpoint.fingerprint` of ``parts`` (starting weights, data, configs). With
-    ``fit(resume="auto")`` a run trains once and then only loads, and a changed input never meets a
-    stale run: it gets another folder."""
-    if not parts:
-        raise ValueError("give what the run depends on (its starting model, data, configs) to name its folder by")
-    return run_dir(dataset, f"{name}-{fingerprint(*parts)}", mode=mode)
+    """A run folder in the runs folder named by everything the run depends on:
+    :func:`~clipedu.checkpoint.keyed_folder` of ``(<dataset>-<name>[-fast|-cpu], *parts)``
+    (starting weights, data, configs). With ``fit(resume="auto")`` a run trains once and then only
+    loads, and a changed input never meets a stale run: it gets another folder."""
+    return keyed_folder(runs_dir(), run_dir_name(dataset, name, resolve_mode(mode, None)), *parts)
 
 
 def is_trained(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> bool:

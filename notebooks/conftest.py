@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from clipedu.checkpoint import WAITING
+
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 EXPLORER = "clipedu-explorer"  # display metadata of an explorer's output (clipedu.viz.explorers)
 
@@ -40,11 +42,18 @@ def _folder() -> Path | None:
 
 def readable_outputs(outputs: list) -> list:
     """A cell's outputs for a static page: widget views dropped, an explorer's static figure kept
-    in place of the figures its widget drew."""
+    in place of the figures its widget drew, and the line a notebook prints while it waits for a
+    run another worker is training left out."""
     explorer = any(EXPLORER in out.get("metadata", {}) for out in outputs)
     kept = []
     for out in outputs:
         data = out.get("data")
+        if out.get("output_type") == "stream" and WAITING in out.get("text", ""):
+            # run_lock's line when another worker was training the same run: of this test run, not the lesson
+            text = "".join(line for line in out["text"].splitlines(True) if not line.startswith(WAITING))
+            if not text:
+                continue
+            out["text"] = text
         if data is None:  # stream, error
             kept.append(out)
             continue

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipedu.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from clipedu.checkpoint import fingerprint, keyed_folder, load_checkpoint, save_checkpoint
 from clipedu.data import DeviceLoader, ShapesWorld
 from clipedu.loop import History, Loop, TrainConfig, TrainingDiverged
 
@@ -149,6 +149,11 @@ def test_fingerprint_changes_with_any_weight_or_setting_and_only_then():
     assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))  # same bytes, other shape
     assert fingerprint(torch.tensor(2.0)) != fingerprint(torch.tensor([2.0])) != fingerprint(torch.tensor(3.0))
     assert fingerprint([1, 2]) != fingerprint((1, 2)) and fingerprint("12") != fingerprint(12)
+    model.bias.requires_grad_(False)  # the same weights with the bias frozen: another run
+    frozen = fingerprint(model, cfg, {"itm_weight": 3.0, "swapped": True})
+    assert frozen != base
+    model.bias.requires_grad_(True)
+    assert fingerprint(model, cfg, {"itm_weight": 3.0, "swapped": True}) == base
     assert len(fingerprint(model, length=20)) == 20
     with pytest.raises(TypeError, match="fingerprint takes modules, .* got set"):
         fingerprint({1, 2})
@@ -204,3 +209,15 @@ def test_a_loop_keeps_frozen_submodules_in_eval_mode_while_the_rest_trains():
     nothing_frozen = nn.Sequential(nn.Dropout(0.1), nn.Linear(3, 1))
     assert FrozenThenHead(nothing_frozen, loader, TrainConfig(steps=2, batch_size=8, warmup_steps=1),
                           torch.device("cpu")).frozen == []
+
+
+def test_keyed_folder_names_a_run_by_its_name_and_what_it_depends_on(tmp_path):
+    weights = torch.ones(3)
+    folder = keyed_folder(tmp_path, "stage 2: frozen/Q", weights, {"steps": 5})
+    assert folder == tmp_path / f"stage-2--frozen-Q-{fingerprint(weights, {'steps': 5})}"
+    assert keyed_folder(str(tmp_path), "stage 2: frozen/Q", weights.clone(), {"steps": 5}) == folder
+    assert keyed_folder(tmp_path, "stage 2: frozen/Q", weights, {"steps": 6}) != folder
+    assert not folder.exists()  # naming a folder makes nothing
+    with pytest.raises(ValueError, match="give what the run depends on"):
+        keyed_folder(tmp_path, "stage1")
+

@@ -1,5 +1,6 @@
 """Runs: train once, load everywhere; a model config or a preset name; the run folder's name."""
 
+import re
 import threading
 import time
 
@@ -84,6 +85,28 @@ def test_run_lock_is_reentrant_in_a_thread_and_leaves_the_folder_alone(tmp_path)
         pass
 
 
+def test_run_lock_locks_nothing_in_a_data_parallel_run(tmp_path, monkeypatch):
+    # Under torchrun every rank opens the same run folder and the ranks wait on each other in their
+    # collectives: a rank left waiting on the lock would hang the run (the torchrun test did).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    held, second = threading.Event(), threading.Event()
+
+    def rank(event, wait_for=None):
+        with run_lock(tmp_path / "run"):
+            event.set()
+            if wait_for is not None:
+                wait_for.wait(30)  # holds the lock longer than the test waits for the second rank
+
+    first = threading.Thread(target=rank, args=(held, second), daemon=True)
+    first.start()
+    assert held.wait(10)
+    other = threading.Thread(target=rank, args=(second,), daemon=True)
+    other.start()
+    assert second.wait(10), "the second rank waited on the lock the first holds"
+    first.join(10)
+    other.join(10)
+
+
 def test_a_model_config_trains_under_its_own_name(tmp_path, data, monkeypatch):
     monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
     narrow = preset("tiny", embed_dim=16, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
@@ -128,7 +151,7 @@ def test_keyed_run_folders_change_with_what_the_run_depends_on(tmp_path, monkeyp
     monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
     weights, cfg = torch.ones(3), TrainConfig(steps=5, warmup_steps=0)
     folder = keyed_run_dir("shapes2", "stage1", weights, cfg, mode="fast")
-    assert folder.parent == tmp_path and folder.name.startswith("shapes2-stage1-") and folder.name.endswith("-fast")
+    assert folder.parent == tmp_path and re.fullmatch("shapes2-stage1-fast-[0-9a-f]{12}", folder.name)
     same = TrainConfig(steps=5, warmup_steps=0)  # an equal config, another object
     assert keyed_run_dir("shapes2", "stage1", weights.clone(), same, mode="fast") == folder
     assert keyed_run_dir("shapes2", "stage1", weights, TrainConfig(steps=6, warmup_steps=0), mode="fast") != folder

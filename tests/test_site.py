@@ -38,6 +38,14 @@ def test_an_explorer_cell_keeps_one_figure_and_no_widget_view():
     assert executed.EXPLORER == __import__("clipedu.viz.explorers", fromlist=["x"]).EXPLORER
 
 
+def test_the_line_of_a_wait_on_another_workers_run_is_left_out_of_the_page():
+    waited = _out("stream", name="stdout", text=f"{executed.WAITING} /ci/runs/shapes-tiny-fast ...\n")
+    both = _out("stream", name="stdout", text=f"{executed.WAITING} /ci/runs/x ...\nloaded 600 steps\n")
+    printed = _out("stream", name="stdout", text="49 patches\n")
+    assert executed.readable_outputs([waited, both, printed]) == [both, printed]
+    assert both["text"] == "loaded 600 steps\n"
+
+
 def test_links_to_site_pages_stay_and_other_files_point_at_the_repository():
     pages = {"notebooks/05_contrastive_loss.ipynb", "notebooks/GLOSSARY.md"}
     text = ("[next](06_train.ipynb) [loss](05_contrastive_loss.ipynb#the-loss) [code](../clipedu/losses.py) "

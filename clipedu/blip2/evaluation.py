@@ -24,7 +24,7 @@ from clipedu.blip2.language_model import TinyLM
 from clipedu.blip2.objectives import Blip2Stage1, query_text_similarity
 from clipedu.blip2.qformer import QFormer
 from clipedu.blip2.training import attribute_keys, train_stage2
-from clipedu.checkpoint import fingerprint
+from clipedu.checkpoint import keyed_folder
 from clipedu.data import CaptionedImages
 from clipedu.data.grammar import parse_caption
 
@@ -278,9 +278,7 @@ def stage2_from_starts(
             freeze_(captioner.ln_vision)
         folder = None
         if keep_in is not None:
-            safe = "".join(ch if ch.isalnum() else "-" for ch in name)
-            key = fingerprint(captioner, features, data.captions, cfg, train_qformer)
-            folder = Path(keep_in) / f"{safe}-{key}"
+            folder = keyed_folder(keep_in, name, captioner, features, data.captions, cfg, train_qformer)
         history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False, out_dir=folder,
                                resume="auto" if folder is not None else False)
         results[name] = history, captioner_word_order(captioner, test_features, test_data, tokenizer)
