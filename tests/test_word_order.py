@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clipedu import CLIP, preset, runs
 from clipedu import blip2 as b2
@@ -202,12 +203,28 @@ def test_rerank_exercise_reference_agrees_with_itm_rerank(pairs):
     torch.testing.assert_close(image_to_text[keep], expected[keep], atol=1e-5, rtol=1e-5)
 
 
+def test_loss_without_picture_is_the_next_token_loss_on_the_caption_tokens_alone():
+    data = ShapesWorld().generate(5, "test")
+    tokenizer = build_tokenizer(data)
+    tokens = tokenizer([c[0] for c in data.captions])
+    torch.manual_seed(0)
+    lm = b2.TinyLM(b2.LMConfig.for_tokenizer(tokenizer, width=16, layers=1, heads=2)).train()
+    got = b2.loss_without_picture(lm, tokens)
+    assert not lm.training  # read as the frozen LM is, in eval mode
+    with torch.no_grad():
+        logits = lm(tokens)
+    pad = lm.cfg.pad_token_id
+    losses = [F.cross_entropy(logits[row, t - 1], tokens[row, t]) for row in range(len(tokens))
+              for t in range(1, tokens.shape[1]) if tokens[row, t] != pad]  # each token after <sot>, no padding
+    assert (tokens == pad).any() and got.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+
+
 def test_itm_floor_is_the_minimum_over_p():
     ps = torch.linspace(0.001, 0.999, 9999, dtype=torch.float64)
     for pairs_, m in ((4, 1), (4, 2), (6, 3)):
         loss = (-torch.log(ps) - m * torch.log(1 - ps)) / pairs_
-        assert nb17.itm_floor(pairs_, m) == pytest.approx(loss.min().item(), abs=1e-6)
-    assert nb17.itm_floor(3, 0) == 0.0
+        assert b2.itm_floor(pairs_, m) == pytest.approx(loss.min().item(), abs=1e-6)
+    assert b2.itm_floor(3, 0) == 0.0
 
 
 def test_word_order_stage1_is_seeded_kept_and_loaded_whatever_ran_before(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from clipedu.blip2.evaluation import (
     word_order_mistakes,
 )
 from clipedu.blip2.frozen import FrozenImageEncoder, count_parameters, freeze_
-from clipedu.blip2.language_model import LMConfig, TinyLM, caption_labels, lm_loss, sample_text
+from clipedu.blip2.language_model import LMConfig, TinyLM, caption_labels, lm_loss, loss_without_picture, sample_text
 from clipedu.blip2.masks import (
     bidirectional_mask,
     multimodal_causal_mask,
@@ -51,6 +51,7 @@ from clipedu.blip2.objectives import (
     duplicate_caption_positives,
     itc_loss,
     itm_batch,
+    itm_floor,
     positives_from_keys,
     query_text_similarity,
     sample_hard_negatives,
@@ -79,7 +80,8 @@ __all__ = [
     "count_parameters",
     "decoder_inputs",
     "duplicate_caption_positives", "encode_dataset", "freeze_", "generate_captions", "greedy_decode",
-    "itc_loss", "itc_similarities", "itm_batch", "itm_rerank", "lm_loss", "multimodal_causal_mask",
+    "itc_loss", "itc_similarities", "itm_batch", "itm_floor", "itm_rerank", "lm_loss", "loss_without_picture",
+    "multimodal_causal_mask",
     "objective_mask", "positives_from_keys", "pretrain_language_model", "query_text_similarity", "recall_at_k",
     "retrieval_comparison", "sample_hard_negatives", "sample_text", "stage2_from_starts", "stage_config",
     "train_stage1", "train_stage2",

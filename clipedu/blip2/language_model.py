@@ -142,6 +142,14 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+@torch.no_grad()
+def loss_without_picture(lm: TinyLM, tokens: torch.Tensor) -> torch.Tensor:
+    """The frozen LM's next-token loss on the captions ``tokens`` (B, L) with no prompt in front, in nats
+    per token: the caption tokens after ``<sot>``, the padding skipped."""
+    lm.eval()
+    return lm_loss(lm(tokens), caption_labels(tokens, lm.cfg.pad_token_id))
+
+
 def pretraining_offsets(batch_size: int, max_offset: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B,) random start positions in [0, max_offset] for captions during pretraining, on the
     generator's device."""

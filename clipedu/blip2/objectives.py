@@ -30,6 +30,7 @@ Two course options go beyond BLIP-2's sum (off by default;
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -134,6 +135,15 @@ def itm_batch(
 
 
 # --- ITG ------------------------------------------------------------------------------------------------
+def itm_floor(pairs: int, look_alike: int) -> float:
+    """The lowest mean ITM cross-entropy per pair when, of a picture's ``pairs`` pairs, the matching one
+    and ``look_alike`` wrong ones look the same to the head (and it gets the rest right): one shared
+    probability p of "match" for the 1 + m look-alikes, best at p = 1 / (1 + m)."""
+    m = look_alike
+    group = (1 + m) * math.log(1 + m) - (m * math.log(m) if m else 0.0)  # -ln p - m ln(1 - p) at p = 1/(1+m)
+    return group / pairs
+
+
 def decoder_inputs(tokens: torch.Tensor, dec_token_id: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) for ITG: the first token becomes [DEC]; padding is never predicted."""
     inputs = tokens.clone()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clipedu.blip2.evaluation import swap_relevance
+from clipedu.blip2.objectives import itm_floor
 from clipedu.exercises import Exercise, as_number, compare_tensors, prediction
 
 
@@ -63,15 +64,6 @@ swap_gallery = Exercise(
 
 
 # --- 2. a derivation: the floor of a head that cannot read word order ---------------------------------------
-def itm_floor(pairs: int, look_alike: int) -> float:
-    """The lowest mean ITM cross-entropy per pair when, of a picture's ``pairs`` pairs, the matching one
-    and ``look_alike`` wrong ones look the same to the head (and it gets the rest right): one shared
-    probability p of "match" for the 1 + m look-alikes, best at p = 1 / (1 + m)."""
-    m = look_alike
-    group = (1 + m) * math.log(1 + m) - (m * math.log(m) if m else 0.0)  # -ln p - m ln(1 - p) at p = 1/(1+m)
-    return group / pairs
-
-
 def _check_floor(fn) -> str | None:
     for pairs, m in ((4, 1), (3, 1), (4, 2), (4, 0), (6, 3)):
         call = f"my_itm_floor(pairs={pairs}, look_alike={m})"

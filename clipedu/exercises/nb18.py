@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipedu.blip2.language_model import IGNORE_INDEX, LMConfig, TinyLM, caption_labels, lm_loss
+from clipedu.blip2.language_model import IGNORE_INDEX, LMConfig, TinyLM, caption_labels, loss_without_picture
 from clipedu.data import ShapesWorld, build_tokenizer
 from clipedu.exercises import Exercise, as_number, prediction
 
@@ -78,14 +78,6 @@ predict_prompt_word_order = prediction(
 
 
 # --- 3. the LM with no picture ------------------------------------------------------------------------------
-@torch.no_grad()
-def loss_without_picture(lm: TinyLM, tokens: torch.Tensor) -> torch.Tensor:
-    """The frozen LM's next-token loss on the captions ``tokens`` (B, L) with no prompt in front, in nats
-    per token: the caption tokens after ``<sot>``, the padding skipped."""
-    lm.eval()
-    return lm_loss(lm(tokens), caption_labels(tokens, lm.cfg.pad_token_id))
-
-
 def _check_without_picture(fn) -> str | None:
     data = ShapesWorld().generate(6, "test")
     tokenizer = build_tokenizer(data)
