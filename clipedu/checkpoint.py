@@ -126,8 +126,12 @@ def keyed_folder(parent: str | Path, name: str, *parts) -> Path:
     :func:`clipedu.runs.keyed_run_dir` is this under the runs folder."""
     if not parts:
         raise ValueError("give what the run depends on (its starting model, data, configs) to name its folder by")
-    safe = "".join(ch if ch.isalnum() else "-" for ch in name)
-    return Path(parent) / f"{safe}-{fingerprint(*parts)}"
+    return Path(parent) / f"{safe_name(name)}-{fingerprint(*parts)}"
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character that is not a letter or digit made a dash: a folder name."""
+    return "".join(ch if ch.isalnum() else "-" for ch in text)
 
 
 def _feed(digest, part) -> None:

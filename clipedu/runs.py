@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clipedu.checkpoint import CHECKPOINT_NAME, keyed_folder, load_checkpoint, run_lock
+from clipedu.checkpoint import CHECKPOINT_NAME, keyed_folder, load_checkpoint, run_lock, safe_name
 from clipedu.clip import CLIP
 from clipedu.config import CLIPConfig, preset
 from clipedu.data import CaptionedImages, build_tokenizer, get_dataset
@@ -99,10 +99,9 @@ def training_data(dataset: str = "shapes", fast: bool | None = None, mode: str |
 def run_dir_name(dataset: str, name: str, mode: str | bool) -> str:
     """``<dataset>-<name>[-fast|-cpu]`` (full mode has no suffix) with every character that is not a
     letter or digit made a dash. A bool ``mode`` is the older fast flag."""
-    safe = lambda s: "".join(ch if ch.isalnum() else "-" for ch in s)  # noqa: E731
     if isinstance(mode, bool):  # the older ``fast`` flag
         mode = "fast" if mode else "full"
-    return f"{safe(dataset)}-{safe(name)}{'' if mode == 'full' else '-' + mode}"
+    return f"{safe_name(dataset)}-{safe_name(name)}{'' if mode == 'full' else '-' + mode}"
 
 
 def run_dir(dataset: str = "shapes", name: str = "tiny", fast: bool | None = None, mode: str | None = None) -> Path:

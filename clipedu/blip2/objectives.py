@@ -134,7 +134,6 @@ def itm_batch(
     return torch.cat(images), torch.cat(texts), labels
 
 
-# --- ITG ------------------------------------------------------------------------------------------------
 def itm_floor(pairs: int, look_alike: int) -> float:
     """The lowest mean ITM cross-entropy per pair when, of a picture's ``pairs`` pairs, the matching one
     and ``look_alike`` wrong ones look the same to the head (and it gets the rest right): one shared
@@ -144,6 +143,7 @@ def itm_floor(pairs: int, look_alike: int) -> float:
     return group / pairs
 
 
+# --- ITG ------------------------------------------------------------------------------------------------
 def decoder_inputs(tokens: torch.Tensor, dec_token_id: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) for ITG: the first token becomes [DEC]; padding is never predicted."""
     inputs = tokens.clone()
