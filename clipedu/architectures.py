@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipedu.attention import prefix_mask
-from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, keyed_folder, load_checkpoint, save_checkpoint
+from clipedu.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    keyed_folder,
+    load_checkpoint,
+    run_lock,
+    save_checkpoint,
+)
 from clipedu.data.base import to_float
 from clipedu.data.shapes import ShapesWorld
 from clipedu.patches import PatchEmbedding
@@ -433,13 +440,24 @@ def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: i
     torch.manual_seed(seed)
     model = build(kind, cfg).to(device)
     data = data.only(*tasks)
-    saved = None
-    if keep_in is not None:
-        settings = dict(kind=kind, steps=steps, batch_size=batch_size, lr=lr, mix=mix, seed=seed)
-        saved = keyed_folder(keep_in, kind, model, data.pictures, data.task, data.prompts, data.targets,
-                             settings) / CHECKPOINT_NAME
+    if keep_in is None:
+        return _train_architecture(model, data, tasks, steps, batch_size, lr, seed, device, mix)
+    settings = dict(kind=kind, steps=steps, batch_size=batch_size, lr=lr, mix=mix, seed=seed)
+    saved = keyed_folder(keep_in, kind, model, data.pictures, data.task, data.prompts, data.targets,
+                         settings) / CHECKPOINT_NAME
+    with run_lock(saved.parent):  # a second process asking for this run waits, then loads it
         if saved.exists():
             return _load_architecture_run(saved, model, kind, steps)
+        run = _train_architecture(model, data, tasks, steps, batch_size, lr, seed, device, mix)
+        # Written atomically: an interrupted save never leaves a run to load.
+        save_checkpoint(saved, {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(cfg), "steps": steps,
+                                "model": model.state_dict(), "losses": run.losses, "seconds": run.seconds})
+    return run
+
+
+def _train_architecture(model: _Reader, data: TaskSet, tasks: tuple[str, ...], steps: int, batch_size: int,
+                        lr: float, seed: int, device: torch.device, mix: dict[str, float]) -> ArchitectureRun:
+    """:func:`train_architecture`'s loop, on ``data`` already cut to ``tasks``."""
     images, prompts, targets = data.pictures.to(device), data.prompts.to(device), data.targets.to(device)
     optimizer = make_optimizer(parameter_groups(model, 0.05), lr, (0.9, 0.98), 1e-6, device)
     scheduler = make_scheduler(optimizer, max(1, steps // 10), steps)
@@ -460,11 +478,7 @@ def train_architecture(kind: str, data: TaskSet, steps: int = 300, batch_size: i
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-    run = ArchitectureRun(model.eval(), losses, time.perf_counter() - start, steps)
-    if saved is not None:  # written atomically: an interrupted save never leaves a run to load
-        save_checkpoint(saved, {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(cfg), "steps": steps,
-                                "model": model.state_dict(), "losses": losses, "seconds": run.seconds})
-    return run
+    return ArchitectureRun(model.eval(), losses, time.perf_counter() - start, steps)
 
 
 def _load_architecture_run(path: Path, model: _Reader, kind: str, steps: int) -> ArchitectureRun:

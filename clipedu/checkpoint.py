@@ -46,9 +46,10 @@ def run_lock(folder: str | Path) -> Iterator[None]:
     """Hold a run folder for the length of a ``with`` block: another process, or another thread,
     asking for the same folder waits until this one lets go.
 
-    :func:`clipedu.runs.train_or_load` holds it from looking for a finished checkpoint to writing
-    the last one, so two notebooks open at once (or the tests on two workers) that both need the
-    course's mini-CLIP train it once: the second waits, then finds the run finished and loads it.
+    Every loop with an ``out_dir`` (:meth:`clipedu.loop.Loop.fit`), :func:`clipedu.runs.train_or_load`
+    and :func:`clipedu.architectures.train_architecture` hold it from looking for a finished
+    checkpoint to writing the last one, so two notebooks open at once (or the tests on two workers)
+    that both need one run train it once: the second waits, then finds the run finished and loads it.
     The lock is an exclusive ``flock`` on a file beside the folder, ``.<name>.lock``, and ends with
     the process that held it, however that ends. A thread may take the same folder again inside
     the block. Nothing is locked where ``fcntl`` is missing (Windows), nor in the processes of a

@@ -13,6 +13,7 @@ supervised baseline in :mod:`clipedu.supervised`. All of them read one :class:`T
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from clipedu.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, load_checkpoint, run_lock, save_checkpoint
 from clipedu.data import DeviceLoader
 from clipedu.distributed import barrier, broadcast_object, current, global_mean
 from clipedu.recipe import Precision, make_optimizer, make_scheduler, optimizer_step, parameter_groups
@@ -267,13 +268,22 @@ class Loop:
         finished run then only loads: how a notebook keeps a run for its next execution).
         ``callback(loop)`` runs after every logged step (a live plot, say). The model is left in
         eval mode.
+
+        A loop with an ``out_dir`` holds :func:`~clipedu.checkpoint.run_lock` on it from looking for
+        a checkpoint to writing the last one: a second process that asks for the same run (two
+        notebooks open at once, two test workers) waits, then finds it finished and only loads.
         """
-        cfg = self.cfg
         if resume not in (True, False, "auto"):
             raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+        if resume == "auto" and self.out_dir is None:
+            raise ValueError("resume='auto' needs an out_dir to look for a checkpoint in")
+        with run_lock(self.out_dir) if self.out_dir is not None else contextlib.nullcontext():
+            return self._fit(resume, progress, callback, max_seconds)
+
+    def _fit(self, resume: bool | str, progress: bool, callback: Callable[[Loop], None] | None,
+             max_seconds: float | None) -> History:
+        cfg = self.cfg
         if resume == "auto":
-            if self.out_dir is None:
-                raise ValueError("resume='auto' needs an out_dir to look for a checkpoint in")
             resume = (self.out_dir / CHECKPOINT_NAME).exists()
         if resume:
             if self.out_dir is None or not (self.out_dir / CHECKPOINT_NAME).exists():

@@ -192,11 +192,17 @@ def test_training_errors(tasks):
         A.train_architecture("encoder-only", tasks, steps=1, mix={"caption": 1.0})  # nothing it suits
 
 
+def _kept(folder):
+    """The run folders in ``folder`` (each has its lock file, ``.<name>.lock``, beside it)."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
 def test_a_kept_run_trains_once_then_loads(tasks, tmp_path, monkeypatch):
     kw = dict(steps=3, batch_size=8, cfg=small_cfg(tasks), keep_in=tmp_path)
     first = A.train_architecture("prefix-LM", tasks, **kw)
-    (folder,) = tmp_path.iterdir()
+    (folder,) = _kept(tmp_path)
     assert folder.name.startswith("prefix-LM-") and (folder / "checkpoint.pt").exists()
+    assert (tmp_path / f".{folder.name}.lock").exists()  # held while it trained: a second process waits
 
     def no_training(*args):
         raise AssertionError("a kept run was trained again")
@@ -210,13 +216,13 @@ def test_a_kept_run_trains_once_then_loads(tasks, tmp_path, monkeypatch):
     monkeypatch.undo()
     A.train_architecture("prefix-LM", tasks, **{**kw, "steps": 4})  # another setting: another folder
     A.train_architecture("prefix-LM", tasks, **kw, seed=1)  # other starting weights: another folder
-    assert len(list(tmp_path.iterdir())) == 3
+    assert len(_kept(tmp_path)) == 3
 
 
 def test_a_kept_run_of_another_architecture_is_a_clear_error(tasks, tmp_path):
     kw = dict(steps=2, batch_size=8, cfg=small_cfg(tasks), keep_in=tmp_path)
     A.train_architecture("prefix-LM", tasks, **kw)
-    (folder,) = tmp_path.iterdir()
+    (folder,) = _kept(tmp_path)
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
     torch.save({**state, "kind": "decoder-only"}, folder / "checkpoint.pt")  # a folder renamed by hand
     with pytest.raises(ValueError, match="holds a run of 'decoder-only' for 2 steps, not 'prefix-LM' for 2"):

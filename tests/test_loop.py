@@ -1,6 +1,8 @@
 """The loop every model trains in: its config, its history, its checkpoints, exact resume."""
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -127,6 +129,31 @@ def test_resume_auto_trains_once_then_loads_the_finished_run(tmp_path):
         _regression(cfg, tmp_path).fit(resume="yes", progress=False)
     with pytest.raises(ValueError, match="resume='auto' needs an out_dir"):
         _regression(cfg).fit(resume="auto", progress=False)
+
+
+def test_two_loops_on_one_folder_train_it_once(tmp_path):
+    # The second loop asks for the run while the first is training (its callback holds each step
+    # open a moment): it waits on the folder's lock, then finds the run finished and only loads it.
+    cfg = TrainConfig(steps=3, batch_size=16, warmup_steps=1, lr=1e-2, log_every=1)
+    first_loop, second_loop = _regression(cfg, tmp_path / "run"), _regression(cfg, tmp_path / "run")
+    second_steps = []
+    second_loop.train_step = lambda batch: second_steps.append(batch)  # a step here is a run trained twice
+    started, results = threading.Event(), {}
+
+    def slow(loop):
+        started.set()
+        time.sleep(0.3)
+
+    first = threading.Thread(target=lambda: results.setdefault("first", first_loop.fit("auto", False, slow)))
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=lambda: results.setdefault("second", second_loop.fit("auto", False)))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert second_steps == [] and results["second"].loss == results["first"].loss
+    for a, b in zip(second_loop.model.parameters(), first_loop.model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_fingerprint_changes_with_any_weight_or_setting_and_only_then():

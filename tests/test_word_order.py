@@ -152,8 +152,9 @@ def test_stage2_from_starts_keeps_its_runs_and_loads_them(pairs, tmp_path, monke
     starts = {"after stage 1": (model.qformer, model.ln_vision)}
     args = (lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
     first = b2.stage2_from_starts(starts, *args, train_qformer=False, keep_in=tmp_path)["after stage 1"]
-    (folder,) = tmp_path.iterdir()
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert folder.name.startswith("after-stage-1-") and (folder / "checkpoint.pt").exists()
+    assert (tmp_path / f".{folder.name}.lock").exists()  # the run was held while it trained (Loop.fit)
 
     def no_step(self, batch):
         raise AssertionError("a kept stage-2 run trained again")
@@ -162,8 +163,9 @@ def test_stage2_from_starts_keeps_its_runs_and_loads_them(pairs, tmp_path, monke
     again = b2.stage2_from_starts(starts, *args, train_qformer=False, keep_in=tmp_path)["after stage 1"]
     assert again[0].loss == first[0].loss and again[1] == first[1]  # the same run and the same scores
     monkeypatch.undo()
-    b2.stage2_from_starts(starts, *args, keep_in=tmp_path)  # the Q-Former trained too: another run, another folder
-    assert len(list(tmp_path.iterdir())) == 2
+    # The Q-Former trained too: another run, another folder (the fingerprint names the frozen weights).
+    b2.stage2_from_starts(starts, *args, keep_in=tmp_path)
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
 
 
 def test_stage2_from_starts_with_the_qformer_frozen_trains_lm_proj_alone(pairs):

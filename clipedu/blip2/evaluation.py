@@ -278,7 +278,8 @@ def stage2_from_starts(
             freeze_(captioner.ln_vision)
         folder = None
         if keep_in is not None:
-            folder = keyed_folder(keep_in, name, captioner, features, data.captions, cfg, train_qformer)
+            # The fingerprint of the captioner names its frozen weights: a frozen Q-Former is another run.
+            folder = keyed_folder(keep_in, name, captioner, features, data.captions, cfg)
         history = train_stage2(captioner, features, data, tokenizer, cfg, device, progress=False, out_dir=folder,
                                resume="auto" if folder is not None else False)
         results[name] = history, captioner_word_order(captioner, test_features, test_data, tokenizer)
