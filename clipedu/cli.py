@@ -249,6 +249,19 @@ def _train_config(args, fast: bool, state: dict | None) -> TrainConfig:
     return cfg
 
 
+_OPTIONS = {"batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "hard_negatives": "--hard-negatives"}
+
+
+def _check_same_recipe(saved: TrainConfig, asked: TrainConfig, out_dir: Path) -> None:
+    """A resumed run goes on with the recipe it started with (its optimiser and loader states hold
+    it): an option that would change it is a mistake, not a new run."""
+    changed = saved.differences(asked)
+    if changed:
+        said = ", ".join(f"{_OPTIONS.get(k, k)} {asked!r} (the run has {was!r})" for k, (was, asked) in changed.items())
+        raise CLIError(f"--resume: {said}; a resumed run keeps its recipe (only --steps and --accum-steps may "
+                       f"change): drop the option, or train a new run with another --out than {out_dir}")
+
+
 def _train(args) -> int:
     matplotlib.use("Agg")  # the training curves go to a file
     # Everything that can be checked without the process group is checked before joining it, so a
@@ -288,6 +301,8 @@ def _train(args) -> int:
         base = TrainConfig.from_dict(state["train_config"]) if state else default_train_config(args.preset, fast)
         _check_recipe(args, base, int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1)
         cfg = _train_config(args, fast, state)
+        if state is not None:
+            _check_same_recipe(TrainConfig.from_dict(state["train_config"]), cfg, out_dir)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     except KeyError as exc:

@@ -80,6 +80,21 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def differences(self, other: TrainConfig) -> dict[str, tuple]:
+        """{field: (this value, ``other``'s)} for every setting a resumed run cannot change.
+
+        A run may go on for more steps (its warm-up then follows from them, as ``warmup_steps=None``
+        asks), log, evaluate and save at other intervals, and split its batch into other
+        micro-batches (the same gradients in less memory). Anything else (the learning rate, the
+        batch, the seed, the optimiser's settings, the data's augmentation) would not be the run
+        the checkpoint continues: the optimiser's and the loader's saved states carry the old ones.
+        """
+        free = {"steps", "log_every", "eval_every", "checkpoint_every", "accum_steps"}
+        if self.steps != other.steps:
+            free.add("warmup_steps")
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if f.name not in free and getattr(self, f.name) != getattr(other, f.name)}
+
 
 @dataclass
 class History:
@@ -361,6 +376,15 @@ class Loop:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue the run ``state`` holds (:meth:`state_dict`); its recipe must be this loop's, but
+        for what :meth:`TrainConfig.differences` lets a resumed run change."""
+        if "train_config" in state:  # older files: nothing to compare
+            changed = TrainConfig.from_dict(state["train_config"]).differences(self.cfg)
+            if changed:
+                said = ", ".join(f"{k} {saved!r} there, {asked!r} here" for k, (saved, asked) in changed.items())
+                raise ValueError(f"the checkpoint was trained with another recipe ({said}); a resumed run "
+                                 "may change only its steps and how often it logs, evaluates and saves. "
+                                 "Resume with the same recipe, or start afresh in another folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

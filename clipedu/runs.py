@@ -183,7 +183,9 @@ def train_or_load(
     :func:`default_train_config`; ``data`` to :func:`training_data`. ``out_dir`` defaults to
     :func:`run_dir` of ``(dataset, name or the preset name)``, so every notebook that needs the
     course's mini-CLIP finds the one notebook 06 trained. A run folder that holds another model
-    config is refused unless ``retrain=True``, which trains anew over it.
+    config, or a run of another recipe (:meth:`~clipedu.loop.TrainConfig.differences`: more steps
+    continue the run, a new learning rate does not), is refused unless ``retrain=True``, which
+    trains anew over it.
 
     Two processes asking for the same run at once (two notebooks open, the tests on two workers)
     train it once: the second waits on :func:`~clipedu.checkpoint.run_lock`, then loads it.
@@ -208,8 +210,13 @@ def train_or_load(
             if trained.cfg != model_config(model, tokenizer):
                 raise ValueError(f"{out_dir} holds a run of another model config than the one asked for; "
                                  "pass retrain=True to train it anew there, or choose another name or out_dir")
+            saved = TrainConfig.from_dict(state["train_config"])
+            changed = saved.differences(train_config)
+            if changed:
+                said = ", ".join(f"{k} {was!r} there, {asked!r} asked" for k, (was, asked) in changed.items())
+                raise ValueError(f"{out_dir} holds a run trained with another recipe ({said}); delete that folder "
+                                 "or pass retrain=True to train it anew there, or choose another name or out_dir")
             if state["step"] >= train_config.steps:
-                saved = TrainConfig.from_dict(state["train_config"])
                 return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
         data = data if data is not None else training_data(dataset, mode=mode)
         trainer = new_trainer(model, data, train_config, tokenizer=tokenizer, device=device, out_dir=out_dir,

@@ -46,6 +46,11 @@ def test_train_eval_probe_end_to_end(tmp_path, capsys):
     # Resuming with another model is refused too.
     assert main(["train", "--out", str(out), "--preset", "small", "--resume", "--fast", "--quiet"]) == 2
     assert "another model config" in capsys.readouterr().err
+    # And with another recipe: the optimiser's saved state would keep the old learning rate.
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5", "--seed", "7", "--fast", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: --lr 0.5 (the run has 0.002), --seed 7 (the run has 0)" in err and "keeps its recipe" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
 
     assert main(["eval", str(out), "--n", "100"]) == 0
     assert "text_to_image_R@1" in capsys.readouterr().out

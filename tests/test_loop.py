@@ -3,6 +3,7 @@
 import math
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -129,6 +130,22 @@ def test_resume_auto_trains_once_then_loads_the_finished_run(tmp_path):
         _regression(cfg, tmp_path).fit(resume="yes", progress=False)
     with pytest.raises(ValueError, match="resume='auto' needs an out_dir"):
         _regression(cfg).fit(resume="auto", progress=False)
+
+
+def test_a_resumed_run_keeps_its_recipe(tmp_path):
+    cfg = TrainConfig(steps=4, batch_size=16, warmup_steps=1, lr=1e-2, log_every=1)
+    _regression(cfg, tmp_path).fit(progress=False)
+    # The optimiser's and the loader's saved states would carry the old settings: refused, named.
+    with pytest.raises(ValueError, match=r"another recipe \(lr 0.01 there, 0.02 here, seed 0 there, 3 here\)"):
+        _regression(replace(cfg, lr=2e-2, seed=3), tmp_path).fit(resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"another recipe \(batch_size 16 there, 8 here\)"):
+        _regression(replace(cfg, batch_size=8), tmp_path).fit(resume="auto", progress=False)
+    # More steps (the warm-up then follows from them) and other intervals go on from the checkpoint.
+    longer = replace(cfg, steps=6, warmup_steps=2, log_every=2, checkpoint_every=3)
+    history = _regression(longer, tmp_path).fit(resume=True, progress=False)
+    assert history.step == [1, 2, 3, 4, 6]
+    assert TrainConfig(steps=10, warmup_steps=None).differences(TrainConfig(steps=20, warmup_steps=None)) == {}
+    assert TrainConfig(warmup_steps=5).differences(TrainConfig(warmup_steps=6)) == {"warmup_steps": (5, 6)}
 
 
 def test_two_loops_on_one_folder_train_it_once(tmp_path):

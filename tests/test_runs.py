@@ -40,6 +40,14 @@ def test_train_or_load_loads_the_finished_run(tmp_path, data):
     longer = train_or_load("shapes", "tiny", TrainConfig(steps=3, batch_size=32, warmup_steps=0), out_dir=tmp_path,
                            data=data, device="cpu", progress=False)
     assert not longer.loaded and longer.history.step[-1] == 3 and longer.history.loss[:2] == first.history.loss
+    # Another recipe in the same folder is not that run: refused, unless asked to train anew.
+    other = TrainConfig(steps=3, batch_size=32, warmup_steps=0, lr=5e-4)
+    with pytest.raises(ValueError, match=r"holds a run trained with another recipe \(lr 0.002 there, 0.0005 asked\)"):
+        train_or_load("shapes", "tiny", other, out_dir=tmp_path, data=data, device="cpu", progress=False)
+    anew = train_or_load("shapes", "tiny", other, out_dir=tmp_path, data=data, device="cpu", progress=False,
+                         retrain=True)
+    assert not anew.loaded and anew.history.loss[0] == first.history.loss[0]  # the same start, another lr after
+    assert anew.history.loss[1] != first.history.loss[1]
 
 
 def test_two_callers_of_one_run_train_it_once(tmp_path, data):
