@@ -7,6 +7,8 @@
     torchrun --nproc_per_node 2 -m clipedu train   # data parallel on 2 GPUs (or CPU processes)
     clipedu eval runs/x                            # zero-shot and retrieval table
     clipedu probe runs/x                           # linear probes against baselines
+    clipedu runs                                   # the runs folder: each run, its size, how far it trained
+    clipedu runs --remove shapes-tiny-fast         # delete a run (the next notebook that needs it trains it)
 
 Each command prints a table and writes ``metrics.json`` into the run folder; ``train`` also saves
 ``training.png`` (the loss and temperature curves). Under torchrun, every process trains on its
@@ -45,14 +47,16 @@ from clipedu.loop import TrainConfig
 from clipedu.runs import (
     default_train_config,
     estimate_steps,
+    list_runs,
     model_config,
     model_from_checkpoint,
+    remove_run,
     run_dir,
     train_or_load,
     training_data,
     with_steps,
 )
-from clipedu.runtime import is_fast, pick_device
+from clipedu.runtime import is_fast, pick_device, runs_dir
 from clipedu.tokenizer import WordTokenizer
 from clipedu.viz.training import plot_history
 
@@ -399,6 +403,33 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    folder = Path(args.folder) if args.folder else runs_dir()
+    if not folder.is_dir():
+        raise CLIError(f"--folder: no runs folder at {folder}")
+    known = [r.name for r in list_runs(folder)]
+    unknown = [name for name in args.remove or () if name not in known]
+    if unknown:
+        raise CLIError(f"--remove: no run {', '.join(map(repr, unknown))} in {folder}; "
+                       f"it holds {', '.join(known) or 'no runs'}")
+    for name in args.remove or ():
+        print(f"removed {remove_run(name, folder)}")
+    found = list_runs(folder)
+    total = sum(r.size for r in found)
+    print(f"runs folder {folder}: {len(found)} run folder{'s' * (len(found) != 1)}, {_megabytes(total)}")
+    if found:
+        width = max(len(r.name) for r in found)
+        print(f"  {'name':<{width}}  {'size':>9}  {'written':<16}  state")
+        for r in found:
+            written = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.written))
+            print(f"  {r.name:<{width}}  {_megabytes(r.size):>9}  {written:<16}  {r.state}")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def _probe(model, dataset: str, n: int):
     train = get_dataset(dataset, "train", **({"n": n, "seed": 7} if dataset.startswith("shapes") else {}))
     test = get_dataset(dataset, "test", **({"n": n // 2, "seed": 8} if dataset.startswith("shapes") else {}))
@@ -472,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_at_least(2), default=2000,
                    help="training images for the probes, at least 2 (default 2000; half as many test images)")
     p.set_defaults(func=cmd_probe)
+
+    r = sub.add_parser("runs", help="list the runs folder (each run, its size, how far it trained), or remove runs")
+    r.add_argument("--remove", nargs="+", metavar="NAME",
+                   help="delete these run folders (the next notebook that needs one trains it again)")
+    r.add_argument("--folder", help="another runs folder (default: $CLIPEDU_RUNS, else runs/ in the checkout)")
+    r.set_defaults(func=cmd_runs)
     return ap
 
 

@@ -15,6 +15,7 @@ either way its text tower is fitted to the tokenizer built from the training cap
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -225,6 +226,69 @@ def train_or_load(
             trainer.model.load_state_dict(init.model.state_dict())
         history = trainer.fit(resume=resume, progress=progress, callback=callback)
         return Run(trainer.model.eval(), trainer.tokenizer, history, train_config, out_dir, loaded=False)
+
+
+@dataclass
+class RunFolder:
+    """One entry of the runs folder, as :func:`list_runs` finds it."""
+
+    name: str
+    path: Path
+    size: int  # bytes, everything under it
+    written: float  # the newest file's modification time (seconds since the epoch)
+    checkpoints: int  # checkpoint files under it (a folder of kept runs holds several)
+    step: int | None = None  # a single run: the steps it has made
+    steps: int | None = None  # ... and the steps it was asked for
+
+    @property
+    def state(self) -> str:
+        """``finished, 450 steps``, ``stopped at 120 of 450 steps``, ``6 kept runs`` or ``no checkpoint``."""
+        if self.checkpoints == 0:
+            return "no checkpoint"
+        if self.step is None:
+            return f"{self.checkpoints} kept run{'s' * (self.checkpoints != 1)}"
+        if self.step >= self.steps:
+            return f"finished, {self.steps} steps"
+        return f"stopped at {self.step} of {self.steps} steps"
+
+
+def list_runs(folder: str | Path | None = None) -> list[RunFolder]:
+    """Every run folder in ``folder`` (the runs folder, :func:`~clipedu.runtime.runs_dir`, unless
+    given), by name: a run every notebook trains once (``shapes-tiny-fast``) or a folder of kept runs
+    (notebook 16's architectures), with its size on disk and how far it trained. The lock files
+    beside the folders (``.<name>.lock``) are left out."""
+    folder = Path(folder) if folder is not None else runs_dir()
+    if not folder.is_dir():
+        raise ValueError(f"no runs folder at {folder}")
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = [f for f in path.rglob("*") if f.is_file()]
+        stats = [f.stat() for f in files]
+        checkpoints = [f for f in files if f.name == CHECKPOINT_NAME]
+        run = RunFolder(path.name, path, sum(st.st_size for st in stats),
+                        max((st.st_mtime for st in stats), default=path.stat().st_mtime), len(checkpoints))
+        if checkpoints == [path / CHECKPOINT_NAME]:
+            state = load_checkpoint(checkpoints[0])
+            if "step" in state and "train_config" in state:  # a Loop's checkpoint
+                run.step, run.steps = int(state["step"]), int(state["train_config"]["steps"])
+            elif "steps" in state:  # written when finished (train_architecture)
+                run.step = run.steps = int(state["steps"])
+        found.append(run)
+    return found
+
+
+def remove_run(name: str, folder: str | Path | None = None) -> Path:
+    """Delete the run folder ``name`` from ``folder`` (the runs folder unless given): the next
+    notebook that needs it trains it again. A run another process is training is waited for
+    (:func:`~clipedu.checkpoint.run_lock`) rather than deleted under it. Returns the path deleted."""
+    folder = Path(folder) if folder is not None else runs_dir()
+    names = [r.name for r in list_runs(folder)]
+    if name not in names:
+        raise ValueError(f"no run {name!r} in {folder}; it holds {', '.join(names) or 'none'}")
+    path = folder / name
+    with run_lock(path):
+        shutil.rmtree(path)
+    return path
 
 
 # Notebook 07's pair models: a mini-CLIP trained on two-object scenes, then fine-tuned with each

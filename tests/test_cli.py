@@ -57,3 +57,29 @@ def test_train_eval_probe_end_to_end(tmp_path, capsys):
     assert main(["probe", str(out), "--n", "300"]) == 0
     probe = json.loads((out / "metrics.json").read_text())["probe"]
     assert {"shape / clip", "shape / raw pixels", "shape / random encoder"} <= set(probe)
+
+
+def test_runs_lists_the_runs_folder_and_removes_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    assert main(["train", "--dataset", "shapes", "--steps", "2", "--batch-size", "16", "--fast", "--quiet",
+                 "--out", str(tmp_path / "first")]) == 0
+    (tmp_path / "kept" / "a").mkdir(parents=True)
+    (tmp_path / "kept" / "a" / "checkpoint.pt").write_bytes(b"0123456789")
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"runs folder {tmp_path}: 2 run folders,") and lines[0].endswith(" MB")
+    assert lines[1].split() == ["name", "size", "written", "state"]
+    assert lines[2].split()[0] == "first" and lines[2].endswith("finished, 2 steps")
+    assert lines[3].split()[0] == "kept" and lines[3].endswith("1 kept run")
+
+    assert main(["runs", "--remove", "kept", "nothere"]) == 2  # one unknown name: nothing removed
+    err = capsys.readouterr().err
+    assert "--remove: no run 'nothere' in" in err and "it holds first, kept" in err
+    assert (tmp_path / "kept").exists()
+    assert main(["runs", "--remove", "kept"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"removed {tmp_path / 'kept'}\nruns folder {tmp_path}: 1 run folder,")
+    assert not (tmp_path / "kept").exists() and (tmp_path / "first").exists()
+    assert main(["runs", "--folder", str(tmp_path / "nowhere")]) == 2
+    assert "--folder: no runs folder at" in capsys.readouterr().err

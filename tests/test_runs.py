@@ -3,6 +3,7 @@
 import re
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from clipedu.runs import (
     default_train_config,
     is_trained,
     keyed_run_dir,
+    list_runs,
+    remove_run,
     run_dir,
     run_dir_name,
     train_or_load,
@@ -222,3 +225,36 @@ def test_pair_recipes_follow_the_mode_and_pair_models_fine_tunes_from_the_plain_
     plain, negclip = runs.pair_models("fast", data="the scenes")
     assert (plain, negclip) == ("run 1", "run 2")
     assert calls == [("shapes2", "narrow", 600, None), ("shapes2", "narrow-negclip", 250, "run 1")]
+
+
+def test_list_runs_says_how_far_each_run_trained_and_remove_run_deletes_one(tmp_path, data):
+    stopped = TrainConfig(steps=3, batch_size=32, warmup_steps=0, checkpoint_every=1)
+
+    def stop_at_2(loop):
+        if loop.step == 2:
+            raise KeyboardInterrupt
+
+    train_or_load("shapes", "tiny", TrainConfig(steps=2, batch_size=32, warmup_steps=0), out_dir=tmp_path / "done",
+                  data=data, device="cpu", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_or_load("shapes", "tiny", replace(stopped, log_every=1), out_dir=tmp_path / "cut", data=data,
+                      device="cpu", progress=False, callback=stop_at_2)
+    (tmp_path / "kept" / "a").mkdir(parents=True)
+    (tmp_path / "kept" / "b").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "kept" / name / "checkpoint.pt").write_bytes(b"x" * 10)
+    (tmp_path / "empty").mkdir()
+    found = {r.name: r for r in list_runs(tmp_path)}
+    assert sorted(found) == ["cut", "done", "empty", "kept"]  # the lock files beside them are not runs
+    assert found["done"].state == "finished, 2 steps" and found["done"].checkpoints == 1
+    assert found["cut"].state == "stopped at 1 of 3 steps"  # stopped in step 2, before its checkpoint
+    assert found["kept"].state == "2 kept runs" and found["kept"].size == 20
+    assert found["empty"].state == "no checkpoint" and found["empty"].size == 0
+    assert found["done"].size == (tmp_path / "done" / "checkpoint.pt").stat().st_size
+    assert remove_run("cut", tmp_path) == tmp_path / "cut" and not (tmp_path / "cut").exists()
+    with pytest.raises(ValueError, match=r"no run 'cut' in .*; it holds done, empty, kept"):
+        remove_run("cut", tmp_path)
+    with pytest.raises(ValueError, match="no run '..'"):
+        remove_run("..", tmp_path)
+    with pytest.raises(ValueError, match="no runs folder at"):
+        list_runs(tmp_path / "nowhere")
