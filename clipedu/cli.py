@@ -52,6 +52,7 @@ from clipedu.runs import (
     model_from_checkpoint,
     remove_run,
     run_dir,
+    run_names,
     train_or_load,
     training_data,
     with_steps,
@@ -407,7 +408,7 @@ def cmd_runs(args) -> int:
     folder = Path(args.folder) if args.folder else runs_dir()
     if not folder.is_dir():
         raise CLIError(f"--folder: no runs folder at {folder}")
-    known = [r.name for r in list_runs(folder)]
+    known = run_names(folder)  # the names alone: list_runs reads every checkpoint
     unknown = [name for name in args.remove or () if name not in known]
     if unknown:
         raise CLIError(f"--remove: no run {', '.join(map(repr, unknown))} in {folder}; "

@@ -95,6 +95,11 @@ class TrainConfig:
         return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if f.name not in free and getattr(self, f.name) != getattr(other, f.name)}
 
+    @staticmethod
+    def describe(changed: dict[str, tuple], asked: str = "here") -> str:
+        """:meth:`differences` in words: ``lr 0.002 there, 0.001 here, ...``."""
+        return ", ".join(f"{k} {was!r} there, {new!r} {asked}" for k, (was, new) in changed.items())
+
 
 @dataclass
 class History:
@@ -381,9 +386,8 @@ class Loop:
         if "train_config" in state:  # older files: nothing to compare
             changed = TrainConfig.from_dict(state["train_config"]).differences(self.cfg)
             if changed:
-                said = ", ".join(f"{k} {saved!r} there, {asked!r} here" for k, (saved, asked) in changed.items())
-                raise ValueError(f"the checkpoint was trained with another recipe ({said}); a resumed run "
-                                 "may change only its steps and how often it logs, evaluates and saves. "
+                raise ValueError(f"the checkpoint was trained with another recipe ({TrainConfig.describe(changed)}); "
+                                 "a resumed run may change only its steps and how often it logs, evaluates and saves. "
                                  "Resume with the same recipe, or start afresh in another folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

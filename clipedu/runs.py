@@ -214,8 +214,8 @@ def train_or_load(
             saved = TrainConfig.from_dict(state["train_config"])
             changed = saved.differences(train_config)
             if changed:
-                said = ", ".join(f"{k} {was!r} there, {asked!r} asked" for k, (was, asked) in changed.items())
-                raise ValueError(f"{out_dir} holds a run trained with another recipe ({said}); delete that folder "
+                raise ValueError(f"{out_dir} holds a run trained with another recipe "
+                                 f"({TrainConfig.describe(changed, 'asked')}); delete that folder "
                                  "or pass retrain=True to train it anew there, or choose another name or out_dir")
             if state["step"] >= train_config.steps:
                 return Run(trained, tokenizer, History.from_dict(state["history"]), saved, out_dir, loaded=True)
@@ -252,16 +252,28 @@ class RunFolder:
         return f"stopped at {self.step} of {self.steps} steps"
 
 
+def _runs_folder(folder: str | Path | None) -> Path:
+    folder = Path(folder) if folder is not None else runs_dir()
+    if not folder.is_dir():
+        raise ValueError(f"no runs folder at {folder}")
+    return folder
+
+
+def run_names(folder: str | Path | None = None) -> list[str]:
+    """The names of the run folders in ``folder`` (the runs folder unless given), sorted, without
+    reading them; the lock files beside them (``.<name>.lock``) are left out."""
+    folder = _runs_folder(folder)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def list_runs(folder: str | Path | None = None) -> list[RunFolder]:
     """Every run folder in ``folder`` (the runs folder, :func:`~clipedu.runtime.runs_dir`, unless
     given), by name: a run every notebook trains once (``shapes-tiny-fast``) or a folder of kept runs
     (notebook 16's architectures), with its size on disk and how far it trained. The lock files
     beside the folders (``.<name>.lock``) are left out."""
-    folder = Path(folder) if folder is not None else runs_dir()
-    if not folder.is_dir():
-        raise ValueError(f"no runs folder at {folder}")
+    folder = _runs_folder(folder)
     found = []
-    for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for path in (folder / name for name in run_names(folder)):
         files = [f for f in path.rglob("*") if f.is_file()]
         stats = [f.stat() for f in files]
         checkpoints = [f for f in files if f.name == CHECKPOINT_NAME]
@@ -281,8 +293,8 @@ def remove_run(name: str, folder: str | Path | None = None) -> Path:
     """Delete the run folder ``name`` from ``folder`` (the runs folder unless given): the next
     notebook that needs it trains it again. A run another process is training is waited for
     (:func:`~clipedu.checkpoint.run_lock`) rather than deleted under it. Returns the path deleted."""
-    folder = Path(folder) if folder is not None else runs_dir()
-    names = [r.name for r in list_runs(folder)]
+    folder = _runs_folder(folder)
+    names = run_names(folder)
     if name not in names:
         raise ValueError(f"no run {name!r} in {folder}; it holds {', '.join(names) or 'none'}")
     path = folder / name

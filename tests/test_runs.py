@@ -20,6 +20,7 @@ from clipedu.runs import (
     remove_run,
     run_dir,
     run_dir_name,
+    run_names,
     train_or_load,
     training_data,
     with_steps,
@@ -252,6 +253,7 @@ def test_list_runs_says_how_far_each_run_trained_and_remove_run_deletes_one(tmp_
     assert found["empty"].state == "no checkpoint" and found["empty"].size == 0
     assert found["done"].size == (tmp_path / "done" / "checkpoint.pt").stat().st_size
     assert remove_run("cut", tmp_path) == tmp_path / "cut" and not (tmp_path / "cut").exists()
+    assert run_names(tmp_path) == ["done", "empty", "kept"]  # the names alone, no checkpoint read
     with pytest.raises(ValueError, match=r"no run 'cut' in .*; it holds done, empty, kept"):
         remove_run("cut", tmp_path)
     with pytest.raises(ValueError, match="no run '..'"):
