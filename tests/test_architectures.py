@@ -5,6 +5,7 @@ import torch
 
 from clipedu import architectures as A
 from clipedu.attention import CrossAttention, causal_mask, prefix_mask
+from clipedu.runs import run_names
 from clipedu.transformer import DecoderBlock
 from clipedu.viz.architecture import encoder_decoder_mask
 
@@ -194,7 +195,7 @@ def test_training_errors(tasks):
 
 def _kept(folder):
     """The run folders in ``folder`` (each has its lock file, ``.<name>.lock``, beside it)."""
-    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return [folder / name for name in run_names(folder)]
 
 
 def test_a_kept_run_trains_once_then_loads(tasks, tmp_path, monkeypatch):

@@ -152,7 +152,8 @@ def test_stage2_from_starts_keeps_its_runs_and_loads_them(pairs, tmp_path, monke
     starts = {"after stage 1": (model.qformer, model.ln_vision)}
     args = (lm, model.image_encoder, features, data, features, data, tokenizer, cfg)
     first = b2.stage2_from_starts(starts, *args, train_qformer=False, keep_in=tmp_path)["after stage 1"]
-    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    (name,) = runs.run_names(tmp_path)  # the lock file beside it is not a run
+    folder = tmp_path / name
     assert folder.name.startswith("after-stage-1-") and (folder / "checkpoint.pt").exists()
     assert (tmp_path / f".{folder.name}.lock").exists()  # the run was held while it trained (Loop.fit)
 
@@ -165,7 +166,7 @@ def test_stage2_from_starts_keeps_its_runs_and_loads_them(pairs, tmp_path, monke
     monkeypatch.undo()
     # The Q-Former trained too: another run, another folder (the fingerprint names the frozen weights).
     b2.stage2_from_starts(starts, *args, keep_in=tmp_path)
-    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
+    assert len(runs.run_names(tmp_path)) == 2
 
 
 def test_stage2_from_starts_with_the_qformer_frozen_trains_lm_proj_alone(pairs):
