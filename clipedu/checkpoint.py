@@ -84,16 +84,17 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """Read a checkpoint file (or a run folder's) with ``weights_only=True`` (no arbitrary code
-    runs) and check its format."""
+    runs) and check its format. ``mmap=True`` maps the file instead of reading it: a tensor's numbers
+    are read from disk only when used, so reading the step of a large run costs almost nothing."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise ValueError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - a text file, a truncated download, a pickle of arbitrary code ...
         # ... fail in many ways inside torch.load (UnpicklingError, RuntimeError, EOFError, IndexError)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -408,7 +408,7 @@ def cmd_runs(args) -> int:
     folder = Path(args.folder) if args.folder else runs_dir()
     if not folder.is_dir():
         raise CLIError(f"--folder: no runs folder at {folder}")
-    known = run_names(folder)  # the names alone: list_runs reads every checkpoint
+    known = run_names(folder)  # the names alone: list_runs opens every checkpoint
     unknown = [name for name in args.remove or () if name not in known]
     if unknown:
         raise CLIError(f"--remove: no run {', '.join(map(repr, unknown))} in {folder}; "
@@ -424,6 +424,10 @@ def cmd_runs(args) -> int:
         for r in found:
             written = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.written))
             print(f"  {r.name:<{width}}  {_megabytes(r.size):>9}  {written:<16}  {r.state}")
+    for r in found:
+        if r.unreadable is not None:
+            print(f"{r.name}: {r.unreadable}; `clipedu runs --remove {r.name}` deletes it (the notebook that "
+                  "needs it trains it again)")
     return 0
 
 

@@ -239,12 +239,16 @@ class RunFolder:
     checkpoints: int  # checkpoint files under it (a folder of kept runs holds several)
     step: int | None = None  # a single run: the steps it has made
     steps: int | None = None  # ... and the steps it was asked for
+    unreadable: str | None = None  # why its checkpoint could not be read (a damaged or foreign file)
 
     @property
     def state(self) -> str:
-        """``finished, 450 steps``, ``stopped at 120 of 450 steps``, ``6 kept runs`` or ``no checkpoint``."""
+        """``finished, 450 steps``, ``stopped at 120 of 450 steps``, ``6 kept runs``, ``no checkpoint``
+        or ``checkpoint unreadable``."""
         if self.checkpoints == 0:
             return "no checkpoint"
+        if self.unreadable is not None:
+            return "checkpoint unreadable"
         if self.step is None:
             return f"{self.checkpoints} kept run{'s' * (self.checkpoints != 1)}"
         if self.step >= self.steps:
@@ -270,7 +274,9 @@ def list_runs(folder: str | Path | None = None) -> list[RunFolder]:
     """Every run folder in ``folder`` (the runs folder, :func:`~clipedu.runtime.runs_dir`, unless
     given), by name: a run every notebook trains once (``shapes-tiny-fast``) or a folder of kept runs
     (notebook 16's architectures), with its size on disk and how far it trained. The lock files
-    beside the folders (``.<name>.lock``) are left out."""
+    beside the folders (``.<name>.lock``) are left out. A checkpoint is mapped, not read
+    (:func:`~clipedu.checkpoint.load_checkpoint` with ``mmap=True``): only its step count is used.
+    One that cannot be read is reported (``unreadable``), not raised: the listing is how one finds it."""
     folder = _runs_folder(folder)
     found = []
     for path in (folder / name for name in run_names(folder)):
@@ -280,7 +286,10 @@ def list_runs(folder: str | Path | None = None) -> list[RunFolder]:
         run = RunFolder(path.name, path, sum(st.st_size for st in stats),
                         max((st.st_mtime for st in stats), default=path.stat().st_mtime), len(checkpoints))
         if checkpoints == [path / CHECKPOINT_NAME]:
-            state = load_checkpoint(checkpoints[0])
+            try:
+                state = load_checkpoint(checkpoints[0], mmap=True)
+            except ValueError as exc:
+                run.unreadable, state = str(exc), {}
             if "step" in state and "train_config" in state:  # a Loop's checkpoint
                 run.step, run.steps = int(state["step"]), int(state["train_config"]["steps"])
             elif "steps" in state:  # written when finished (train_architecture)

@@ -65,13 +65,21 @@ def test_runs_lists_the_runs_folder_and_removes_a_run(tmp_path, capsys, monkeypa
                  "--out", str(tmp_path / "first")]) == 0
     (tmp_path / "kept" / "a").mkdir(parents=True)
     (tmp_path / "kept" / "a" / "checkpoint.pt").write_bytes(b"0123456789")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "checkpoint.pt").write_bytes(b"half a checkpoint")
     capsys.readouterr()
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"runs folder {tmp_path}: 2 run folders,") and lines[0].endswith(" MB")
+    assert lines[0].startswith(f"runs folder {tmp_path}: 3 run folders,") and lines[0].endswith(" MB")
     assert lines[1].split() == ["name", "size", "written", "state"]
-    assert lines[2].split()[0] == "first" and lines[2].endswith("finished, 2 steps")
-    assert lines[3].split()[0] == "kept" and lines[3].endswith("1 kept run")
+    assert lines[2].split()[0] == "broken" and lines[2].endswith("checkpoint unreadable")
+    assert lines[3].split()[0] == "first" and lines[3].endswith("finished, 2 steps")
+    assert lines[4].split()[0] == "kept" and lines[4].endswith("1 kept run")
+    assert lines[5].startswith("broken: ") and "is not a clipedu checkpoint" in lines[5]
+    assert lines[5].endswith("`clipedu runs --remove broken` deletes it (the notebook that needs it trains it again)")
+    assert len(lines) == 6
+    assert main(["runs", "--remove", "broken"]) == 0
+    assert capsys.readouterr().out.startswith(f"removed {tmp_path / 'broken'}\n")
 
     assert main(["runs", "--remove", "kept", "nothere"]) == 2  # one unknown name: nothing removed
     err = capsys.readouterr().err

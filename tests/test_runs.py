@@ -245,16 +245,20 @@ def test_list_runs_says_how_far_each_run_trained_and_remove_run_deletes_one(tmp_
     for name in ("a", "b"):
         (tmp_path / "kept" / name / "checkpoint.pt").write_bytes(b"x" * 10)
     (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "checkpoint.pt").write_bytes(b"half a checkpoint")
     found = {r.name: r for r in list_runs(tmp_path)}
-    assert sorted(found) == ["cut", "done", "empty", "kept"]  # the lock files beside them are not runs
+    assert sorted(found) == ["broken", "cut", "done", "empty", "kept"]  # the lock files beside them are not runs
+    assert found["broken"].state == "checkpoint unreadable" and found["broken"].step is None
+    assert "is not a clipedu checkpoint" in found["broken"].unreadable and found["done"].unreadable is None
     assert found["done"].state == "finished, 2 steps" and found["done"].checkpoints == 1
     assert found["cut"].state == "stopped at 1 of 3 steps"  # stopped in step 2, before its checkpoint
     assert found["kept"].state == "2 kept runs" and found["kept"].size == 20
     assert found["empty"].state == "no checkpoint" and found["empty"].size == 0
     assert found["done"].size == (tmp_path / "done" / "checkpoint.pt").stat().st_size
     assert remove_run("cut", tmp_path) == tmp_path / "cut" and not (tmp_path / "cut").exists()
-    assert run_names(tmp_path) == ["done", "empty", "kept"]  # the names alone, no checkpoint read
-    with pytest.raises(ValueError, match=r"no run 'cut' in .*; it holds done, empty, kept"):
+    assert run_names(tmp_path) == ["broken", "done", "empty", "kept"]  # the names alone, no checkpoint read
+    with pytest.raises(ValueError, match=r"no run 'cut' in .*; it holds broken, done, empty, kept"):
         remove_run("cut", tmp_path)
     with pytest.raises(ValueError, match="no run '..'"):
         remove_run("..", tmp_path)

@@ -96,6 +96,10 @@ def test_checkpoint_holds_everything_and_loads_weights_only(data, tokenizer, tmp
     for key in ("config", "train_config", "tokenizer", "model", "optimizer", "scheduler", "step", "rng", "loader"):
         assert key in state, key
     assert state["tokenizer"]["vocab"] == tokenizer.vocab
+    mapped = load_checkpoint(tmp_path, mmap=True)  # what clipedu runs reads: the same, its tensors left on disk
+    assert mapped["step"] == state["step"] == 3 and mapped["train_config"] == state["train_config"]
+    assert mapped["model"].keys() == state["model"].keys()
+    assert all(torch.equal(mapped["model"][k], state["model"][k]) for k in state["model"])
 
 
 
