@@ -301,7 +301,10 @@ def list_runs(folder: str | Path | None = None) -> list[RunFolder]:
 def remove_run(name: str, folder: str | Path | None = None) -> Path:
     """Delete the run folder ``name`` from ``folder`` (the runs folder unless given): the next
     notebook that needs it trains it again. A run another process is training is waited for
-    (:func:`~clipedu.checkpoint.run_lock`) rather than deleted under it. Returns the path deleted."""
+    (:func:`~clipedu.checkpoint.run_lock`) rather than deleted under it. Its empty lock file,
+    ``.<name>.lock``, stays: a process already waiting on that file would otherwise hold the lock
+    beside a newcomer that made a new one, and two would train the run at once. Returns the path
+    deleted."""
     folder = _runs_folder(folder)
     names = run_names(folder)
     if name not in names:
