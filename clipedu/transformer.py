@@ -129,11 +129,13 @@ class Transformer(nn.Module):
         return TransformerOutput(x, hidden, attentions)
 
     def init_weights(self) -> None:
-        """CLIP's initialisation: output projections scaled down by the depth.
+        """The initialisation of CLIP's text transformer: output projections scaled down by the depth.
 
         Each block adds its output to the residual stream, so with L blocks the stream's variance
-        grows with 2L additions; scaling the projections that write into it by 1/sqrt(2L) keeps the
-        stream at unit scale at initialisation.
+        grows with 2L additions; scaling the projections that write into it by 1/sqrt(2L) (GPT-2's
+        rule) keeps the stream nearer unit scale at initialisation. OpenAI's code applies it to the
+        text transformer only and leaves its image transformer at PyTorch's defaults; the course
+        uses it in both towers.
         """
         attn_std = self.width**-0.5
         proj_std = self.width**-0.5 * (2 * self.layers) ** -0.5

@@ -46,7 +46,7 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(d, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu)
         self.ln_post = nn.LayerNorm(d)
         self.proj = nn.Parameter(scale * torch.randn(d, embed_dim))  # (D, E)
-        self.transformer.init_weights()
+        self.transformer.init_weights()  # the text tower's scaled init here too (OpenAI's ViT keeps PyTorch's)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The transformer's input: patch tokens with the CLS token in front, plus positions."""

@@ -187,7 +187,8 @@ _DEPTH = 24
 
 
 def experiment_setup():
-    """The deep stack of section 2 (24 blocks of width 64, 4 heads, CLIP's initialisation) and 8 'images' of 17
+    """The deep stack of section 2 (24 blocks of width 64, 4 heads, the scaled
+    initialisation of CLIP's text tower) and 8 'images' of 17
     random tokens, the same on every call (the notebook's random state is left alone): (stack, tokens (8, 17, 64))."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
