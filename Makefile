@@ -88,7 +88,7 @@ test-student: venv  ## the student versions under nbval (stubbed exercise cells 
 	$(PY) tools/course.py check
 	$(TORCH_THREADS) CLIPEDU_FAST=1 $(PY) -m pytest $(if $(NB),$(foreach n,$(NB),student/$(n)_*.ipynb),student) $(NBVAL) $(PARALLEL)
 
-bench: venv  ## speed and quality tables (never part of the tests)
+bench: venv  ## speed tables: the model and the loader (never part of the tests)
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_data.py
 

@@ -357,7 +357,7 @@ def _train(args) -> int:
     train_metrics = {"steps": history.step[-1], "seconds": round(history.seconds, 1),
                      "final_loss": history.loss[-1], "temperature": history.temperature[-1]}
     with torch.no_grad():
-        metrics = report(run.model, run.tokenizer, args.dataset, n=500 if fast else 1000)
+        metrics = report(run.model, run.tokenizer, args.dataset, n=500 if fast else 1000, **csv_options)
     _print_table(f"training ({time.perf_counter() - start:.0f} s)", train_metrics)
     _print_table(f"evaluation on the {args.dataset} test split", metrics)
     _write_metrics(out_dir, "train", train_metrics)
@@ -380,9 +380,24 @@ def _data_problem(dataset: str, exc: Exception, asked: bool) -> CLIError:
     return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}")
 
 
+_NAMED = ("shapes", "shapes2", "cifar10", "cifar100", "digits")  # the datasets a run's name leads back to
+
+
+def _trained_on(state: dict, command: str) -> str:
+    """The dataset a run was trained on, by the name its checkpoint keeps ("shapes-train" -> "shapes").
+    A folder of pictures keeps only the folder's name, which leads nowhere: a clear error instead."""
+    name = state["dataset"].rsplit("-", 1)[0]
+    if name not in _NAMED:
+        where = ("pass the data with --dataset folder:PATH" if command == "eval" else
+                 "probes need labelled data (" + ", ".join(_NAMED) + ")")
+        raise CLIError(f"{command}: the run was trained on {state['dataset']!r}, not a dataset clipedu finds by "
+                       f"name (a folder of your own pictures?): {where}")
+    return name
+
+
 def cmd_eval(args) -> int:
     out_dir, model, tokenizer, state = _load_run(args.run)
-    dataset = args.dataset or state["dataset"].rsplit("-", 1)[0]
+    dataset = args.dataset or _trained_on(state, "eval")
     try:
         metrics = report(model, tokenizer, dataset, n=args.n)
     except (ValueError, OSError, RuntimeError) as exc:  # data that is not there, or that this model cannot read
@@ -394,7 +409,7 @@ def cmd_eval(args) -> int:
 
 def cmd_probe(args) -> int:
     out_dir, model, tokenizer, state = _load_run(args.run)
-    dataset = state["dataset"].rsplit("-", 1)[0]
+    dataset = _trained_on(state, "probe")
     try:
         metrics, sizes = _probe(model, dataset, args.n)
     except (ValueError, OSError, RuntimeError) as exc:
@@ -436,8 +451,11 @@ def _megabytes(size: int) -> str:
 
 
 def _probe(model, dataset: str, n: int):
-    train = get_dataset(dataset, "train", **({"n": n, "seed": 7} if dataset.startswith("shapes") else {}))
-    test = get_dataset(dataset, "test", **({"n": n // 2, "seed": 8} if dataset.startswith("shapes") else {}))
+    if dataset.startswith("shapes"):
+        train, test = get_dataset(dataset, "train", n=n, seed=7), get_dataset(dataset, "test", n=n // 2, seed=8)
+    else:  # a fixed random subset of each split: n training images, half as many test images
+        train, test = (_at_most(get_dataset(dataset, split), size, seed)
+                       for split, size, seed in (("train", n, 7), ("test", n // 2, 8)))
     attributes = [a for a in ("shape", "colour", "size", "position", "class") if a in train.labels]
     torch.manual_seed(0)
     random_encoder = CLIP(model.cfg).eval()
@@ -453,6 +471,12 @@ def _probe(model, dataset: str, n: int):
             result = linear_probe(tr, train.labels[attribute], te, test.labels[attribute])
             metrics[f"{attribute} / {name}"] = result.accuracy
     return metrics, (len(train), len(test))
+
+
+def _at_most(data, n: int, seed: int):
+    if len(data) <= n:
+        return data
+    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -475,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with folder:PATH, the captions file's separator (default: from the file)")
     t.add_argument("--preset", default="tiny", choices=TRAINABLE_PRESETS,
                    help="model size: tiny (CPU, default) or small (GPU)")
-    t.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>[-fast])")
+    t.add_argument("--out", help="run folder (default: <runs folder>/<dataset>-<preset>[-fast|-cpu], where the "
+                                 "notebooks keep theirs: give a run of your own its own folder)")
     length = t.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_int_at_least(1), help="training steps (default: the preset's recipe)")
     length.add_argument("--minutes", type=_positive_number,
@@ -506,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="linear probes on frozen features against baselines")
     p.add_argument("run", metavar="RUN", help="run folder (or its checkpoint file)")
     p.add_argument("--n", type=_int_at_least(2), default=2000,
-                   help="training images for the probes, at least 2 (default 2000; half as many test images)")
+                   help="training images for the probes, at least 2 (default 2000; half as many test images; a "
+                        "fixed random subset of larger splits)")
     p.set_defaults(func=cmd_probe)
 
     r = sub.add_parser("runs", help="list the runs folder (each run, its size, how far it trained), or remove runs")

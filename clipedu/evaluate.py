@@ -530,7 +530,8 @@ def shapes_zero_shot(model: CLIP, tokenizer, test: CaptionedImages, heldout: Cap
     return out
 
 
-def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed: int = 0) -> dict[str, float]:
+def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed: int = 0,
+           **data_options) -> dict[str, float]:
     """The numbers the CLI and the benchmarks print for a dataset's test split.
 
     ShapesWorld: zero-shot top-1 for shape, colour, size and position, and for the held-out colour x
@@ -538,7 +539,9 @@ def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed:
     union of descriptions; ``zero_shot_<attribute>_embedding_mean`` gives CLIP's embedding average
     beside it), then retrieval recall@1/5/10 over ``n`` test pairs, counted strictly (the paired
     caption) and leniently (any caption whose attributes all match the image). Other data:
-    zero-shot top-1 and top-5 over the classes (CLIP's embedding average) and recall@K.
+    zero-shot top-1 and top-5 over the classes (CLIP's embedding average) and recall@K; data
+    without class labels (a folder of your own pictures) gets recall@K alone. ``data_options`` go
+    to :func:`~clipedu.data.get_dataset` for data other than ShapesWorld (a folder's CSV columns).
     """
     metrics: dict[str, float] = {}
     if dataset in ("shapes", "shapes2"):
@@ -559,12 +562,13 @@ def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed:
         lenient = retrieval_recall(embeds, text_embeds, owner, relevant=same)
         metrics.update({f"{k}_lenient": v for k, v in lenient.items()})
     else:
-        test = get_dataset(dataset, "test")
+        test = get_dataset(dataset, "test", **data_options)
         if len(test) > n:
             test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n])
         embeds = encode_images(model, test)
-        result = zero_shot(model, tokenizer, test, "class", image_embeds=embeds)
-        metrics.update(zero_shot_top1=result.top1, zero_shot_top5=result.top5)
+        if "class" in test.labels:  # a folder's pictures have captions only: nothing to classify
+            result = zero_shot(model, tokenizer, test, "class", image_embeds=embeds)
+            metrics.update(zero_shot_top1=result.top1, zero_shot_top5=result.top5)
         texts, owner = caption_pairs(test)
         metrics.update(retrieval_recall(embeds, encode_texts(model, tokenizer, texts), owner))
     return metrics

@@ -15,7 +15,8 @@ It is the same architecture as clipedu's, under a third set of names::
 
 and the text tower alike (``text_model.embeddings.token_embedding``, ``final_layer_norm``,
 ``text_projection``). So converting is renaming, plus two changes of form: the fused query-key-value
-matrix is split in three, and the projections are transposed. Install with ``pip install "clipedu[hf]"``::
+matrix is split in three, and the projections are transposed. Install with ``pip install -e ".[hf]"``
+in the checkout (or ``pip install transformers``)::
 
     from clipedu.pretrained import from_hf, to_hf
 
@@ -83,8 +84,7 @@ def _transformers():
         import transformers
     except ImportError as err:
         raise ImportError(
-            'converting to and from Hugging Face needs transformers: pip install "clipedu[hf]" '
-            "(or pip install transformers)"
+            'converting to and from Hugging Face needs transformers: pip install "transformers>=4.31"'
         ) from err
     # transformers does not declare torch as a dependency: a release newer than the installed torch
     # supports imports, but refuses to build any model ("requires the PyTorch library").

@@ -15,7 +15,7 @@ Photos are prepared with :class:`clipedu.preprocess.Preprocess`, captions with
 :class:`clipedu.bpe.BPETokenizer`; :func:`encode_photos` and :func:`encode_prompts` do both in batches.
 
 Hugging Face's layout (``transformers.CLIPModel``) is a third set of names for the same tensors:
-:func:`from_hf` and :func:`to_hf` convert both ways (:mod:`clipedu.hf`; ``pip install "clipedu[hf]"``).
+:func:`from_hf` and :func:`to_hf` convert both ways (:mod:`clipedu.hf`; ``pip install -e ".[hf]"`` in the checkout).
 """
 
 from __future__ import annotations

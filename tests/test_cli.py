@@ -91,3 +91,34 @@ def test_runs_lists_the_runs_folder_and_removes_a_run(tmp_path, capsys, monkeypa
     assert not (tmp_path / "kept").exists() and (tmp_path / "first").exists()
     assert main(["runs", "--folder", str(tmp_path / "nowhere")]) == 2
     assert "--folder: no runs folder at" in capsys.readouterr().err
+
+
+def test_a_folder_of_pictures_trains_and_evaluates_by_retrieval(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path / "runs"))
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rows = ["picture\twords"]  # open_clip's layout: tab-separated, with columns of its own names
+    colours = ("red", "green", "blue", "yellow", "purple")
+    for i in range(40):
+        colour = colours[i % len(colours)]
+        Image.new("RGB", (36, 36), colour).save(folder / f"{i}.png")
+        rows.append(f"{i}.png\ta {colour} square")
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    data = f"folder:{folder / 'train.csv'}"
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", data, "--csv-img-key", "picture", "--csv-caption-key", "words", "--steps", "2",
+                 "--batch-size", "8", "--fast", "--quiet", "--out", str(out), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["eval"]
+    assert "image_to_text_R@1" in metrics and not any(k.startswith("zero_shot") for k in metrics)  # no labels
+    capsys.readouterr()
+    # The checkpoint keeps the folder's name only: eval needs the data again, probe labelled data.
+    assert main(["eval", str(out)]) == 2
+    assert "pass the data with --dataset folder:PATH" in capsys.readouterr().err
+    assert main(["probe", str(out)]) == 2
+    assert "probes need labelled data (shapes, shapes2, cifar10, cifar100, digits)" in capsys.readouterr().err
+    (folder / "captions.csv").write_text((folder / "train.csv").read_text().replace("\t", ",").replace(
+        "picture,words", "image,caption"))
+    assert main(["eval", str(out), "--dataset", f"folder:{folder}", "--n", "10"]) == 0
+    assert "image_to_text_R@1" in capsys.readouterr().out

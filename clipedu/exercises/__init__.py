@@ -3,9 +3,9 @@
 In a notebook::
 
     from clipedu.exercises import nb01
-    nb01.patch_count.hint()          # a nudge
-    nb01.patch_count.check(answer)   # specific feedback: which shape, which value
-    nb01.patch_count.solution()      # the worked answer
+    nb01.patchify.hint()          # a nudge
+    nb01.patchify.check(answer)   # specific feedback: which shape, which value
+    nb01.patchify.solution()      # the worked answer
 
 Each notebook's exercises live in their own module (``nb01``, ``nb02``, ...). An exercise knows a
 correct answer (``reference``) and the typical wrong ones (``mistakes``), so the tests can prove
