@@ -454,8 +454,8 @@ def _probe(model, dataset: str, n: int):
     if dataset.startswith("shapes"):
         train, test = get_dataset(dataset, "train", n=n, seed=7), get_dataset(dataset, "test", n=n // 2, seed=8)
     else:  # a fixed random subset of each split: n training images, half as many test images
-        train, test = (_at_most(get_dataset(dataset, split), size, seed)
-                       for split, size, seed in (("train", n, 7), ("test", n // 2, 8)))
+        train = get_dataset(dataset, "train").sample(n, seed=7)
+        test = get_dataset(dataset, "test").sample(n // 2, seed=8)
     attributes = [a for a in ("shape", "colour", "size", "position", "class") if a in train.labels]
     torch.manual_seed(0)
     random_encoder = CLIP(model.cfg).eval()
@@ -471,12 +471,6 @@ def _probe(model, dataset: str, n: int):
             result = linear_probe(tr, train.labels[attribute], te, test.labels[attribute])
             metrics[f"{attribute} / {name}"] = result.accuracy
     return metrics, (len(train), len(test))
-
-
-def _at_most(data, n: int, seed: int):
-    if len(data) <= n:
-        return data
-    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -562,9 +562,7 @@ def report(model: CLIP, tokenizer, dataset: str = "shapes", n: int = 1000, seed:
         lenient = retrieval_recall(embeds, text_embeds, owner, relevant=same)
         metrics.update({f"{k}_lenient": v for k, v in lenient.items()})
     else:
-        test = get_dataset(dataset, "test", **data_options)
-        if len(test) > n:
-            test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n])
+        test = get_dataset(dataset, "test", **data_options).sample(n, seed)
         embeds = encode_images(model, test)
         if "class" in test.labels:  # a folder's pictures have captions only: nothing to classify
             result = zero_shot(model, tokenizer, test, "class", image_embeds=embeds)

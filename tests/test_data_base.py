@@ -59,6 +59,16 @@ def test_subset_keeps_everything_aligned():
         data.subset([0, 4])
 
 
+def test_sample_is_a_fixed_random_subset_or_everything():
+    data = make(n=10, labels={"class": torch.arange(10)})
+    picked = data.sample(4, seed=3)
+    assert len(picked) == 4 and len(set(picked.labels["class"].tolist())) == 4  # four different images
+    assert torch.equal(picked.labels["class"], data.sample(4, seed=3).labels["class"])  # the same every call
+    assert not torch.equal(picked.labels["class"], data.sample(4, seed=4).labels["class"])
+    assert picked.captions == [data.captions[i] for i in picked.labels["class"].tolist()]
+    assert data.sample(10) is data and data.sample(50) is data  # no more than n: all of them, unshuffled
+
+
 def test_to_float_normalises_per_channel():
     images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
     out = to_float(images)

@@ -228,6 +228,13 @@ class CaptionedImages:
             info=dict(self.info),
         )
 
+    def sample(self, n: int, seed: int = 0) -> CaptionedImages:
+        """At most ``n`` of the images, a fixed random choice for ``seed`` (all of them, as they are,
+        when there are no more than ``n``): a smaller test split that is the same on every call."""
+        if len(self) <= n:
+            return self
+        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+
     def all_captions(self) -> list[str]:
         """Every caption as one flat list (to build a tokenizer vocabulary)."""
         return [c for caps in self.captions for c in caps]
