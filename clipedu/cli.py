@@ -380,7 +380,7 @@ def _data_problem(dataset: str, exc: Exception, asked: bool) -> CLIError:
     return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}")
 
 
-_NAMED = ("shapes", "shapes2", "cifar10", "cifar100", "digits")  # the datasets a run's name leads back to
+_NAMED = tuple(name for name in DATASET_NAMES if ":" not in name)  # the datasets a run's name leads back to
 
 
 def _trained_on(state: dict, command: str) -> str:
