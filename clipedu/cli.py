@@ -421,9 +421,10 @@ def cmd_probe(args) -> int:
 
 def cmd_runs(args) -> int:
     folder = Path(args.folder) if args.folder else runs_dir()
-    if not folder.is_dir():
-        raise CLIError(f"--folder: no runs folder at {folder}")
-    known = run_names(folder)  # the names alone: list_runs opens every checkpoint
+    try:
+        known = run_names(folder)  # the names alone: list_runs opens every checkpoint
+    except ValueError as exc:  # no runs folder there
+        raise CLIError(f"--folder: {exc}") from None
     unknown = [name for name in args.remove or () if name not in known]
     if unknown:
         raise CLIError(f"--remove: no run {', '.join(map(repr, unknown))} in {folder}; "
