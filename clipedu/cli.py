@@ -1,6 +1,6 @@
 """The command line: the same training and evaluation as the notebooks, outside a notebook.
 
-    clipedu train                                  # ShapesWorld, tiny preset, then zero-shot accuracy
+    clipedu train                                  # the course model (ShapesWorld, tiny), where the notebooks find it
     clipedu train --dataset shapes --preset tiny --out runs/x --minutes 2
     clipedu train --out runs/x --resume            # continue an interrupted run exactly
     clipedu train --batch-size 1024 --accum-steps 8  # a big contrastive batch in micro-batches of 128
@@ -267,19 +267,37 @@ def _check_same_recipe(saved: TrainConfig, asked: TrainConfig, out_dir: Path) ->
                        f"change): drop the option, or train a new run with another --out than {out_dir}")
 
 
+_RECIPE_FLAGS = (("minutes", "--minutes"), ("steps", "--steps"), ("batch_size", "--batch-size"), ("lr", "--lr"),
+                 ("seed", "--seed"), ("hard_negatives", "--hard-negatives"))
+
+
+def _default_out(args, fast: bool) -> Path:
+    """Without --out: the course recipe trains into the course model's folder, where the notebooks
+    find it (``run_dir``); a run of any other recipe gets a folder of its own beside it, named by
+    the options that make it differ (``shapes-tiny-cpu-minutes-1-seed-2``), so it never takes the
+    course model's place. ``--accum-steps`` changes no number of the run: it stays out of the name."""
+    course = run_dir(args.dataset, args.preset, fast)
+    asked = [(flag, getattr(args, key)) for key, flag in _RECIPE_FLAGS if getattr(args, key) not in (None, False)]
+    if not asked:
+        return course
+    words = [flag[2:] if value is True else f"{flag[2:]}-{value:g}" for flag, value in asked]
+    return course.with_name("-".join([course.name, *words]))  # numbers as written: lr-0.001
+
+
 def _train(args) -> int:
     matplotlib.use("Agg")  # the training curves go to a file
     # Everything that can be checked without the process group is checked before joining it, so a
     # mistake stops every process at once with the same message.
     if args.minutes is not None and args.resume:
-        raise CLIError("--minutes: a resumed run keeps its number of steps; pass --steps to change it")
+        raise CLIError("--minutes: a resumed run keeps its number of steps; resume it with --out and the run "
+                       "folder it printed (--steps changes how far it goes)")
     csv_options = {"image_key": args.csv_img_key, "caption_key": args.csv_caption_key, "separator": args.csv_separator}
     csv_options = {k: v for k, v in csv_options.items() if v is not None}
     if csv_options and not args.dataset.startswith("folder:"):
         raise CLIError(f"--csv-img-key, --csv-caption-key and --csv-separator describe a folder's captions file; "
                        f"--dataset is {args.dataset}, expected folder:PATH")
     fast = is_fast() if args.fast is None else args.fast
-    out_dir = Path(args.out) if args.out else run_dir(args.dataset, args.preset, fast)
+    out_dir = Path(args.out) if args.out else _default_out(args, fast)
     _check_out_dir(out_dir)
     checkpoint = out_dir / CHECKPOINT_NAME
     if args.resume and not checkpoint.exists():
@@ -325,6 +343,9 @@ def _train(args) -> int:
         else:
             data = _main_first(lambda: training_data(args.dataset, fast))
         _check_data(args, cfg, data)
+        if args.dataset.startswith("folder:"):  # kept in the checkpoint: `clipedu eval RUN` reads it the same way
+            data.info["source"] = {"dataset": f"folder:{Path(args.dataset[len('folder:'):]).resolve()}",
+                                   "options": csv_options}
         return data
 
     data = _on_every_rank(load_data)  # a dataset one process cannot read stops them all
@@ -377,7 +398,8 @@ def _load_run(run: str):
 
 def _data_problem(dataset: str, exc: Exception, asked: bool) -> CLIError:
     """``asked``: the user named the dataset (--dataset); else it is the one the run was trained on."""
-    return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}")
+    moved = "" if asked or not dataset.startswith("folder:") else " (moved? pass --dataset folder:PATH)"
+    return CLIError(f"{'--dataset' if asked else 'the dataset'} {dataset}: {exc}{moved}")
 
 
 _NAMED = tuple(name for name in DATASET_NAMES if ":" not in name)  # the datasets a run's name leads back to
@@ -385,7 +407,8 @@ _NAMED = tuple(name for name in DATASET_NAMES if ":" not in name)  # the dataset
 
 def _trained_on(state: dict, command: str) -> str:
     """The dataset a run was trained on, by the name its checkpoint keeps ("shapes-train" -> "shapes").
-    A folder of pictures keeps only the folder's name, which leads nowhere: a clear error instead."""
+    A folder of pictures has no such name (eval reads it from the checkpoint's ``dataset_source``;
+    checkpoints of older versions lack it): a clear error instead."""
     name = state["dataset"].rsplit("-", 1)[0]
     if name not in _NAMED:
         where = ("pass the data with --dataset folder:PATH" if command == "eval" else
@@ -397,9 +420,15 @@ def _trained_on(state: dict, command: str) -> str:
 
 def cmd_eval(args) -> int:
     out_dir, model, tokenizer, state = _load_run(args.run)
-    dataset = args.dataset or _trained_on(state, "eval")
+    source, options = state.get("dataset_source"), {}
+    if args.dataset:
+        dataset = args.dataset
+    elif source:  # a folder of pictures, read as it was for training (its path, CSV columns and split)
+        dataset, options = source["dataset"], source["options"]
+    else:
+        dataset = _trained_on(state, "eval")
     try:
-        metrics = report(model, tokenizer, dataset, n=args.n)
+        metrics = report(model, tokenizer, dataset, n=args.n, **options)
     except (ValueError, OSError, RuntimeError) as exc:  # data that is not there, or that this model cannot read
         raise _data_problem(dataset, exc, asked=args.dataset is not None) from None
     _print_table(f"evaluation of {out_dir} on {dataset}", metrics)
@@ -495,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", choices=TRAINABLE_PRESETS,
                    help="model size: tiny (CPU, default) or small (GPU)")
     t.add_argument("--out", help="run folder (default: <runs folder>/<dataset>-<preset>[-fast|-cpu], where the "
-                                 "notebooks keep theirs: give a run of your own its own folder)")
+                                 "notebooks keep their course model; with --minutes, --steps, --batch-size, --lr, "
+                                 "--seed or --hard-negatives, that name followed by them, e.g. "
+                                 "shapes-tiny-cpu-minutes-1)")
     length = t.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_int_at_least(1), help="training steps (default: the preset's recipe)")
     length.add_argument("--minutes", type=_positive_number,

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from clipedu.checkpoint import load_checkpoint, save_checkpoint
 from clipedu.cli import main
 
 
@@ -113,12 +114,47 @@ def test_a_folder_of_pictures_trains_and_evaluates_by_retrieval(tmp_path, capsys
     metrics = json.loads((out / "metrics.json").read_text())["eval"]
     assert "image_to_text_R@1" in metrics and not any(k.startswith("zero_shot") for k in metrics)  # no labels
     capsys.readouterr()
-    # The checkpoint keeps the folder's name only: eval needs the data again, probe labelled data.
+    # The checkpoint keeps where the pictures are and how their file is read: eval needs no options.
+    assert main(["eval", str(out)]) == 0
+    assert f"evaluation of {out} on folder:{folder / 'train.csv'}" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["eval"] == metrics  # the same test pictures, read alike
+    assert main(["probe", str(out)]) == 2  # probes need labels, which a folder's pictures have not
+    assert "probes need labelled data (shapes, shapes2, cifar10, cifar100, digits)" in capsys.readouterr().err
+
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    assert main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the dataset folder:{folder / 'train.csv'}: " in err and "(moved? pass --dataset folder:PATH)" in err
+    (moved / "captions.csv").write_text((moved / "train.csv").read_text().replace("\t", ",").replace(
+        "picture,words", "image,caption"))
+    assert main(["eval", str(out), "--dataset", f"folder:{moved}", "--n", "10"]) == 0
+    assert "image_to_text_R@1" in capsys.readouterr().out
+
+    # A checkpoint of an older version keeps the folder's name alone: eval asks for the data.
+    state = load_checkpoint(out / "checkpoint.pt")
+    del state["dataset_source"]
+    save_checkpoint(out / "checkpoint.pt", state)
     assert main(["eval", str(out)]) == 2
     assert "pass the data with --dataset folder:PATH" in capsys.readouterr().err
-    assert main(["probe", str(out)]) == 2
-    assert "probes need labelled data (shapes, shapes2, cifar10, cifar100, digits)" in capsys.readouterr().err
-    (folder / "captions.csv").write_text((folder / "train.csv").read_text().replace("\t", ",").replace(
-        "picture,words", "image,caption"))
-    assert main(["eval", str(out), "--dataset", f"folder:{folder}", "--n", "10"]) == 0
-    assert "image_to_text_R@1" in capsys.readouterr().out
+
+
+def test_without_out_only_the_course_recipe_trains_into_the_course_models_folder(tmp_path, capsys, monkeypatch):
+    from clipedu.cli import _default_out, build_parser
+
+    monkeypatch.setenv("CLIPEDU_RUNS", str(tmp_path))
+    folder = lambda line: _default_out(build_parser().parse_args(line.split()), True)  # noqa: E731
+    assert folder("train") == folder("train --accum-steps 4") == tmp_path / "shapes-tiny-fast"  # the notebooks'
+    assert folder("train --seed 2 --lr 0.001") == tmp_path / "shapes-tiny-fast-lr-0.001-seed-2"
+    assert folder("train --dataset shapes2 --hard-negatives --minutes 0.5") == (
+        tmp_path / "shapes2-tiny-fast-minutes-0.5-hard-negatives")
+
+    # A run of another recipe lands beside the course model's folder, never in it; the same options find it again.
+    argv = ["train", "--steps", "2", "--batch-size", "16", "--fast", "--quiet"]
+    assert main(argv) == 0
+    run = tmp_path / "shapes-tiny-fast-steps-2-batch-size-16"
+    assert f"run folder {run}" in capsys.readouterr().out
+    assert (run / "checkpoint.pt").exists() and not (tmp_path / "shapes-tiny-fast").exists()
+    assert main(argv) == 2
+    assert f"{run} already holds a run; pass --resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0  # finished: it loads, evaluates and writes again
