@@ -165,9 +165,11 @@ class Trainer(Loop):
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        # dataset_source: how to read the data again where its name does not say (the CLI's folder runs), else None
-        return {**super().state_dict(), "config": self.model.cfg.to_dict(), "tokenizer": self.tokenizer.to_dict(),
-                "dataset": self.data.name, "dataset_source": self.data.info.get("source")}
+        state = {**super().state_dict(), "config": self.model.cfg.to_dict(), "tokenizer": self.tokenizer.to_dict(),
+                 "dataset": self.data.name}
+        if self.data.info.get("source") is not None:  # how to read data its name does not lead to (the CLI's folders)
+            state["dataset_source"] = self.data.info["source"]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["config"] != self.model.cfg.to_dict():
